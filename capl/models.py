@@ -1,0 +1,173 @@
+"""Torchvision network factory with small-input stems, weights loading and class-subset heads."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from capl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_NETWORKS: tuple[str, ...] = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "vgg11",
+    "vgg11_bn",
+    "vgg16",
+    "vgg16_bn",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+)
+
+IMAGENET_CLASSES = 1000
+
+
+def build_network(
+    name: str,
+    num_classes: int,
+    small_input: bool = False,
+    weights: str | None = None,
+) -> nn.Module:
+    """Build a torchvision classification network.
+
+    Args:
+        name: Architecture name, one of :data:`SUPPORTED_NETWORKS`.
+        num_classes: Number of output rows of the classifier.
+        small_input: Adapt the stem to 8-32 pixel images: ResNets get a 3x3 stride-1 first conv and
+            no max-pool; MobileNets and EfficientNets a stride-1 first conv; VGGs ceil-mode pools,
+            a global average pool and a 512-wide classifier.
+        weights: ``None`` (random init), a torchvision weights name (``"DEFAULT"``,
+            ``"IMAGENET1K_V1"`` or ``"ResNet18_Weights.IMAGENET1K_V1"``), or the path of a local
+            state_dict / Lightning checkpoint.
+
+    Returns:
+        The network, in train mode.
+
+    Raises:
+        ConfigError: Unknown architecture, unavailable weights, or a checkpoint that does not fit.
+    """
+    if name not in SUPPORTED_NETWORKS:
+        raise ConfigError(f"unknown network {name!r}: choose one of {', '.join(SUPPORTED_NETWORKS)}")
+    if num_classes < 1:
+        raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+    local = weights is not None and (os.sep in weights or Path(weights).suffix in {".pt", ".pth", ".ckpt"})
+    hub_weights = None if weights is None or local else _torchvision_weights(name, weights)
+    net = tvm.get_model(name, weights=None, num_classes=IMAGENET_CLASSES if hub_weights else num_classes)
+    if hub_weights is not None:
+        net.load_state_dict(_download_state_dict(name, hub_weights))
+        if num_classes != IMAGENET_CLASSES:
+            _replace_classifier(net, num_classes)
+    if small_input:
+        _small_input_stem(name, net)
+    if local:
+        load_weights_file(net, weights)
+    return net
+
+
+def _torchvision_weights(name: str, weights: str) -> tvm.WeightsEnum:
+    try:
+        return tvm.get_model_weights(name)[weights.split(".")[-1]]
+    except KeyError:
+        valid = ", ".join(w.name for w in tvm.get_model_weights(name))
+        raise ConfigError(
+            f"unknown weights {weights!r} for {name}: use one of {valid}, DEFAULT, or a local file path"
+        ) from None
+
+
+def _download_state_dict(name: str, weights: tvm.WeightsEnum) -> dict[str, torch.Tensor]:
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as err:  # urllib and hub raise many types; all mean "not available here"
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        raise ConfigError(
+            f"could not load torchvision weights {weights} for {name} ({type(err).__name__}): put the "
+            f"file {Path(weights.url).name} in {hub} or pass a local checkpoint path as weights"
+        ) from None
+
+
+def load_weights_file(net: nn.Module, path: str) -> None:
+    """Load a state_dict or a Lightning checkpoint (``network.`` prefixed keys) into ``net``.
+
+    Raises:
+        ConfigError: Missing file, or keys/shapes that do not match the network.
+    """
+    if not Path(path).is_file():
+        raise ConfigError(f"weights file {path} does not exist: pass an existing .pt/.pth/.ckpt path")
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
+    if any(key.startswith("network.") for key in state):
+        state = {k[len("network.") :]: v for k, v in state.items() if k.startswith("network.")}
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[1:2] or [str(err)]
+        raise ConfigError(
+            f"weights in {path} do not match this network ({first[0].strip()}): check network, "
+            "num_classes and small_input"
+        ) from None
+
+
+def _small_input_stem(name: str, net: nn.Module) -> None:
+    if name.startswith("resnet"):
+        net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif name.startswith("vgg"):
+        for i, layer in enumerate(net.features):
+            if isinstance(layer, nn.MaxPool2d):
+                # ceil_mode keeps 1x1 maps at 1x1, so 8x8 inputs survive all five pools
+                net.features[i] = nn.MaxPool2d(2, 2, ceil_mode=True)
+        net.avgpool = nn.AdaptiveAvgPool2d(1)
+        out = net.classifier[-1].out_features
+        net.classifier = nn.Sequential(
+            nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(0.5),
+            nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(0.5),
+            nn.Linear(512, out),
+        )  # fmt: skip
+    else:  # mobilenet_*, efficientnet_*: first ConvBNActivation
+        net.features[0][0].stride = (1, 1)
+
+
+def _replace_classifier(net: nn.Module, num_classes: int) -> None:
+    name, old = find_classifier(net)
+    net.set_submodule(name, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+
+
+def find_classifier(net: nn.Module) -> tuple[str, nn.Linear]:
+    """Return the qualified name and module of the network's final ``nn.Linear``."""
+    found = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise ConfigError(f"{type(net).__name__} has no nn.Linear classifier to evaluate or cut")
+    return found[-1]
+
+
+def cut_head(net: nn.Module, rows: list[int]) -> None:
+    """Replace the classifier by one holding only ``rows`` of it, weights copied (not re-initialised).
+
+    The cut network's k-way logits equal the original network's logits at ``rows``.
+
+    Args:
+        net: Network whose final Linear is cut in place.
+        rows: Row indices of the current classifier to keep, in output order.
+    """
+    name, old = find_classifier(net)
+    if not rows or len(set(rows)) != len(rows) or not all(0 <= r < old.out_features for r in rows):
+        raise ConfigError(
+            f"head rows {rows} are invalid for a classifier with {old.out_features} outputs: "
+            "give distinct indices in range"
+        )
+    new = nn.Linear(old.in_features, len(rows), bias=old.bias is not None).to(old.weight)
+    index = torch.tensor(rows, device=old.weight.device)
+    with torch.no_grad():
+        new.weight.copy_(old.weight.index_select(0, index))
+        if old.bias is not None:
+            new.bias.copy_(old.bias.index_select(0, index))
+    net.set_submodule(name, new)
