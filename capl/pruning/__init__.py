@@ -1,1 +1,38 @@
-"""TODO."""
+"""Scores -> plan under a budget -> physical removal (coupled channels together) or masks.
+
+Typical use::
+
+    layers = prunable_layers(model, criterion.granularity)
+    scores = criterion.score(model, layers, criterion.collect(model, batches, layers, rows))
+    plan = make_plan(model, criterion, scores, PruningConfig(ratio=0.5), example_input)
+    apply_plan(model, plan)           # or on a freshly built network + its weights
+    json_text = json.dumps(plan.to_dict())
+"""
+
+from capl.pruning.config import PruningConfig
+from capl.pruning.plan import (
+    PruningPlan,
+    apply_plan,
+    class_subset_head,
+    fingerprint,
+    make_masks_permanent,
+    make_plan,
+    plan_mask,
+    prunable_layers,
+)
+from capl.pruning.report import conv_linear_macs, nonzero_parameters, pruning_report
+
+__all__ = [
+    "PruningConfig",
+    "PruningPlan",
+    "apply_plan",
+    "class_subset_head",
+    "conv_linear_macs",
+    "fingerprint",
+    "make_masks_permanent",
+    "make_plan",
+    "nonzero_parameters",
+    "plan_mask",
+    "prunable_layers",
+    "pruning_report",
+]

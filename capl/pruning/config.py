@@ -1,0 +1,93 @@
+"""The pruning budget and constraints, validated when built."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from capl.errors import ConfigError
+
+Scope = Literal["layer", "global"]
+Target = Literal["macs", "params"]
+
+_SCOPES = ("layer", "global")
+_TARGETS = (None, "macs", "params")
+
+
+@dataclass
+class PruningConfig:
+    """How much to prune and where.
+
+    Attributes:
+        ratio: In [0, 1). Without ``target``: the fraction of prunable filters (output channels of
+            prunable convs; weights or kernels for mask granularities) to remove. With ``target``:
+            the fraction of the whole network's MACs or parameters to remove.
+        scope: ``"layer"`` removes ``ratio`` of every prunable group (layer); ``"global"`` ranks
+            all units across layers after the criterion's per-layer normalisation.
+        target: ``None``, ``"macs"`` or ``"params"``: search the per-layer ratio (layer scope) or
+            the global threshold (global scope) until the realised reduction of the whole
+            network's MACs / parameters reaches ``ratio``. Compares criteria at equal budget.
+        ignore: ``fnmatch`` patterns of module names never pruned (a group is kept whole when
+            any member matches). Every pattern must match some module.
+        skip_first: The first N convolutions in forward order are not pruned.
+        round_to: Kept channel counts are multiples of this (structured pruning only).
+        min_channels: Units every layer keeps at least (channels, or kernels / weights for masks).
+            With 0, a budget that empties a layer is an error instead of being clamped.
+    """
+
+    ratio: float
+    scope: Scope = "layer"
+    target: Target | None = None
+    ignore: list[str] = field(default_factory=list)
+    skip_first: int = 0
+    round_to: int | None = None
+    min_channels: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)):
+            raise ConfigError(f"pruning ratio must be a number, got {self.ratio!r}")
+        self.ratio = float(self.ratio)
+        if not 0.0 <= self.ratio < 1.0:
+            raise ConfigError(
+                f"pruning ratio {self.ratio} is out of range: give a fraction in [0, 1) "
+                "(0.5 removes half)"
+            )
+        if self.scope not in _SCOPES:
+            raise ConfigError(f"unknown pruning scope {self.scope!r}: choose one of layer, global")
+        if self.target not in _TARGETS:
+            raise ConfigError(
+                f"unknown pruning target {self.target!r}: choose null, macs or params"
+            )
+        if isinstance(self.ignore, str) or not all(isinstance(p, str) for p in self.ignore):
+            raise ConfigError(
+                f"pruning ignore must be a list of module-name patterns, got {self.ignore!r}"
+            )
+        self.ignore = list(self.ignore)
+        if isinstance(self.skip_first, bool) or not isinstance(self.skip_first, int):
+            raise ConfigError(f"skip_first must be an integer >= 0, got {self.skip_first!r}")
+        if self.skip_first < 0:
+            raise ConfigError(f"skip_first must be >= 0, got {self.skip_first}")
+        if self.round_to is not None and (
+            isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
+            or self.round_to < 1
+        ):
+            raise ConfigError(f"round_to must be null or an integer >= 1, got {self.round_to!r}")
+        if isinstance(self.min_channels, bool) or not isinstance(self.min_channels, int):
+            raise ConfigError(f"min_channels must be an integer >= 0, got {self.min_channels!r}")
+        if self.min_channels < 0:
+            raise ConfigError(f"min_channels must be >= 0, got {self.min_channels}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruningConfig:
+        """Rebuild (and validate) from :meth:`to_dict` output."""
+        unknown = set(data) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ConfigError(
+                f"unknown pruning option(s) {', '.join(sorted(unknown))}: valid are "
+                f"{', '.join(cls.__dataclass_fields__)}"
+            )
+        return cls(**data)

@@ -1,0 +1,710 @@
+"""Scores -> plan under a budget; plan -> physical removal or masks.
+
+A :class:`PruningPlan` is plain data: which output channels of which groups to remove (structured
+granularity) or which weights / kernels to zero (mask granularities), plus what it was made from
+and what it realised. Plans are JSON files, so a pruned network can be rebuilt from its
+architecture, its plan and its weights.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import fnmatch
+import hashlib
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import prune
+
+from capl.errors import ConfigError
+from capl.models import cut_head, find_classifier
+from capl.pruning.config import PruningConfig
+from capl.pruning.report import pruning_report
+from capl.pruning.structure import OUT, ChannelGroup, Structure, analyse, out_channel_fn, trace
+from capl.strategies.base import Criterion, model_device
+
+log = logging.getLogger(__name__)
+
+PLAN_VERSION = 1
+_SEARCH_STEPS = 48
+_TARGET_TOLERANCE = 0.01
+
+
+@dataclass
+class PruningPlan:
+    """A replayable pruning decision.
+
+    Attributes:
+        network: Architecture name (as given to :func:`make_plan`).
+        fingerprint: Hash of the unpruned network's state_dict names and shapes; a plan only
+            applies to a network with the same fingerprint.
+        input_shape: Per-sample input shape ``[C, H, W]`` used to trace the network.
+        granularity: ``"filter"`` (structured), ``"kernel"`` or ``"weight"`` (masks).
+        criterion: The criterion's :meth:`~capl.strategies.base.Criterion.settings`.
+        config: The :class:`PruningConfig` used.
+        removed: Structured: ``[key conv name, removed output-channel indices]`` per group, in
+            application order; the indices number the key conv's channels as they are when that
+            group is applied (groups never share output channels, so these are the original ones).
+        masks: Masks: per layer ``{"shape": unit shape, "keep": base64 of the bit-packed keep
+            mask}``; the unit shape is the weight's shape (weight) or its first two dims (kernel).
+        head_rows: Classifier rows kept after pruning (class-subset head), or ``None``.
+        report: Realised counts from :func:`~capl.pruning.report.pruning_report` plus
+            ``selection`` (the ratio the search settled on and the requested budget).
+        version: Plan format version.
+    """
+
+    network: str
+    fingerprint: str
+    input_shape: list[int]
+    granularity: str
+    criterion: dict[str, Any]
+    config: PruningConfig
+    removed: list[tuple[str, list[int]]] = field(default_factory=list)
+    masks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    head_rows: list[int] | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+    version: int = PLAN_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (``json.dumps`` works on it)."""
+        return {
+            "version": self.version,
+            "network": self.network,
+            "fingerprint": self.fingerprint,
+            "input_shape": list(self.input_shape),
+            "granularity": self.granularity,
+            "criterion": _jsonable(self.criterion),
+            "config": self.config.to_dict(),
+            "removed": [[key, list(idxs)] for key, idxs in self.removed],
+            "masks": {k: dict(v) for k, v in self.masks.items()},
+            "head_rows": None if self.head_rows is None else list(self.head_rows),
+            "report": _jsonable(self.report),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
+        """Rebuild from :meth:`to_dict` output (e.g. after a JSON round trip)."""
+        version = data.get("version")
+        if version != PLAN_VERSION:
+            raise ConfigError(
+                f"pruning plan version {version!r} is not supported: re-create the plan with "
+                f"this capl (plan version {PLAN_VERSION})"
+            )
+        try:
+            return cls(
+                network=data["network"],
+                fingerprint=data["fingerprint"],
+                input_shape=list(data["input_shape"]),
+                granularity=data["granularity"],
+                criterion=dict(data["criterion"]),
+                config=PruningConfig.from_dict(data["config"]),
+                removed=[(str(k), [int(i) for i in v]) for k, v in data.get("removed", [])],
+                masks={k: dict(v) for k, v in data.get("masks", {}).items()},
+                head_rows=None if data.get("head_rows") is None else list(data["head_rows"]),
+                report=dict(data.get("report", {})),
+            )
+        except KeyError as err:
+            raise ConfigError(
+                f"pruning plan lacks the field {err.args[0]!r}: pass a file written by "
+                "PruningPlan.to_dict"
+            ) from None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def fingerprint(model: nn.Module) -> str:
+    """Short hash of a network's state_dict names and shapes (its architecture)."""
+    text = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def prunable_layers(model: nn.Module, granularity: str = "filter") -> dict[str, nn.Module]:
+    """The layers a criterion should score for ``granularity``.
+
+    ``filter`` and ``kernel``: every Conv2d. ``weight``: every Conv2d and Linear except the
+    classifier (its rows are the classes; a class-subset head cuts them instead).
+    """
+    classifier, _ = find_classifier(model)
+    types = (nn.Conv2d, nn.Linear) if granularity == "weight" else (nn.Conv2d,)
+    return {n: m for n, m in model.named_modules() if isinstance(m, types) and n != classifier}
+
+
+# --------------------------------------------------------------------------------------------
+# planning
+
+
+def make_plan(
+    model: nn.Module,
+    criterion: Criterion,
+    scores: dict[str, Tensor],
+    config: PruningConfig,
+    example_input: Tensor,
+    head_rows: Sequence[int] | None = None,
+    network: str | None = None,
+) -> PruningPlan:
+    """Decide what to remove.
+
+    The network's structure (dependency groups, costs) is traced once per model and cached, and
+    scores are only ranked here, so calling this for many ratios with the same scores is cheap;
+    most of the time goes into the realised report (one pruned copy, counted for real).
+
+    Args:
+        model: The network to prune (left unchanged).
+        criterion: The criterion that produced ``scores`` (granularity, normalisation, settings).
+        scores: ``criterion.score(...)`` output, per layer name; higher = more important.
+        config: Budget and constraints.
+        example_input: A batch of the network's input shape (tracing uses the first sample).
+        head_rows: Classifier rows to keep after pruning (class-subset head), or ``None``.
+        network: Architecture name recorded in the plan (default: the model's class name).
+
+    Returns:
+        The plan, with its realised report.
+
+    Raises:
+        ConfigError: Unknown ignore pattern, invalid head rows, scores that do not fit the model,
+            a budget that would remove every channel / weight of a layer, or an unreachable
+            target.
+    """
+    structure = analyse(model, example_input)
+    classifier = model.get_submodule(structure.classifier)
+    rows = _check_head_rows(head_rows, classifier.out_features)
+    excluded = _excluded(structure, config)
+    head_cut = 0 if rows is None else classifier.out_features - len(rows)
+    if criterion.granularity == "filter":
+        problem: _Problem = _FilterProblem(
+            structure, model, scores, criterion.normalization, config, excluded, head_cut
+        )
+    elif criterion.granularity in ("weight", "kernel"):
+        if config.round_to is not None:
+            log.warning("round_to=%s ignored: masks (%s granularity) keep no channel counts",
+                        config.round_to, criterion.granularity)
+        problem = _MaskProblem(
+            structure, model, scores, criterion.granularity, criterion.normalization, config,
+            excluded, head_cut,
+        )  # fmt: skip
+    else:
+        raise ConfigError(
+            f"criterion {type(criterion).__name__} has unknown granularity "
+            f"{criterion.granularity!r}: use filter, kernel or weight"
+        )
+    ratio = _choose_ratio(problem, config)
+    counts = problem.counts(ratio)
+    if counts is None:
+        raise ConfigError(
+            f"pruning ratio {config.ratio} would remove every unit of {problem.emptied(ratio)}: "
+            "lower the ratio or set min_channels >= 1"
+        )
+    plan = PruningPlan(
+        network=network or type(model).__name__,
+        fingerprint=fingerprint(model),
+        input_shape=list(structure.input_shape),
+        granularity=criterion.granularity,
+        criterion=criterion.settings(),
+        config=copy.deepcopy(config),
+        head_rows=rows,
+    )
+    problem.fill(plan, counts)
+    estimate = problem.reduction(counts)
+    pruned = copy.deepcopy(model)
+    apply_plan(pruned, plan, example_input[:1])
+    plan.report = pruning_report(model, pruned, example_input[:1])
+    plan.report["selection"] = {
+        "requested_ratio": config.ratio,
+        "target": config.target,
+        "scope": config.scope,
+        "unit_ratio": ratio,
+        "estimated_macs_removed_fraction": estimate["macs"],
+        "estimated_params_removed_fraction": estimate["params"],
+    }
+    log.info(
+        "pruning plan %s/%s ratio %.3f: removed %.1f%% channels, %.1f%% params, %.1f%% MACs "
+        "(nonzero weights %.1f%%)",
+        plan.criterion.get("name"), config.scope, config.ratio,
+        100 * plan.report["channels_removed_fraction"],
+        100 * plan.report["params_removed_fraction"],
+        100 * plan.report["macs_removed_fraction"],
+        100 * plan.report["weights_removed_fraction"],
+    )  # fmt: skip
+    return plan
+
+
+def _check_head_rows(rows: Sequence[int] | None, outputs: int) -> list[int] | None:
+    if rows is None:
+        return None
+    rows = [int(r) for r in rows]
+    if not rows or len(set(rows)) != len(rows) or not all(0 <= r < outputs for r in rows):
+        raise ConfigError(
+            f"head rows {rows} are invalid for a classifier with {outputs} outputs: give "
+            f"distinct indices in 0..{outputs - 1}"
+        )
+    return rows
+
+
+def _excluded(structure: Structure, config: PruningConfig) -> set[str]:
+    excluded: set[str] = set()
+    for pattern in config.ignore:
+        hits = fnmatch.filter(structure.names, pattern)
+        if not hits:
+            raise ConfigError(
+                f"ignore pattern {pattern!r} matches no module of this network: fix the pattern "
+                f"(module names look like {', '.join(structure.conv_order[:3])})"
+            )
+        excluded.update(hits)
+    excluded.update(structure.conv_order[: config.skip_first])
+    return excluded
+
+
+def _normalise(score: Tensor, how: str) -> Tensor:
+    if how == "none":
+        return score
+    if how == "l2":
+        denom = score.norm()
+    elif how == "max":
+        denom = score.abs().max()
+    elif how == "sum":
+        denom = score.abs().sum()
+    else:
+        raise ConfigError(f"unknown score normalization {how!r}: use none, l2, max or sum")
+    return score / denom if float(denom) > 0 else score
+
+
+def _round_half_up(x: float) -> int:
+    return math.floor(x + 0.5)
+
+
+class _Problem:
+    """A ranking of units and its cost model, evaluated for a unit ratio ``r``."""
+
+    def counts(self, r: float) -> list[int] | None:
+        """Units removed per group / layer at unit ratio ``r``; ``None`` if a layer empties."""
+        raise NotImplementedError
+
+    def emptied(self, r: float) -> str:
+        """Name of a layer that ratio ``r`` would empty (for the error message)."""
+        raise NotImplementedError
+
+    def reduction(self, counts: list[int]) -> dict[str, float]:
+        """Estimated removed fractions: ``units``, ``macs``, ``params``."""
+        raise NotImplementedError
+
+    def fill(self, plan: PruningPlan, counts: list[int]) -> None:
+        """Write the removal for ``counts`` into ``plan``."""
+        raise NotImplementedError
+
+
+def _choose_ratio(problem: _Problem, config: PruningConfig) -> float:
+    """The unit ratio to prune at: ``config.ratio`` itself, or searched to hit the target."""
+    if config.target is None or config.ratio == 0.0:
+        return config.ratio
+
+    def value(r: float) -> float | None:
+        counts = problem.counts(r)
+        return None if counts is None else problem.reduction(counts)[config.target]
+
+    goal = config.ratio
+    lo, hi = 0.0, 1.0
+    # the realised reduction is a non-decreasing step function of r: bisect for the step that
+    # crosses the goal, then keep whichever side lands closer
+    for _ in range(_SEARCH_STEPS):
+        mid = (lo + hi) / 2
+        v = value(mid)
+        if v is None or v >= goal:
+            hi = mid
+        else:
+            lo = mid
+    candidates = [(r, v) for r in (lo, hi) if (v := value(r)) is not None]
+    best_r, best_v = min(candidates, key=lambda rv: (abs(rv[1] - goal), rv[0]))
+    if best_v < goal - _TARGET_TOLERANCE:
+        raise ConfigError(
+            f"{config.target} reduction {goal} is unreachable: at most {best_v:.3f} can be removed "
+            f"with min_channels={config.min_channels} and the ignored layers; lower the ratio"
+        )
+    return best_r
+
+
+class _FilterProblem(_Problem):
+    """Structured pruning: rank the channels of dependency groups."""
+
+    def __init__(
+        self,
+        structure: Structure,
+        model: nn.Module,
+        scores: dict[str, Tensor],
+        normalization: str,
+        config: PruningConfig,
+        excluded: set[str],
+        head_cut: int,
+    ) -> None:
+        self.structure = structure
+        self.config = config
+        self.head = {(structure.classifier, OUT): head_cut} if head_cut else {}
+        self.macs0, self.params0 = structure.totals()
+        _check_names(scores, structure)
+        normalised: dict[str, Tensor] = {}
+        for name, score in scores.items():
+            layer = structure.layers.get(name)
+            if layer is None or layer.kind != "conv":
+                continue  # only conv output channels are structured units
+            s = _as_scores(name, score, (layer.out_channels,))
+            normalised[name] = _normalise(s, normalization)
+        self.groups: list[ChannelGroup] = []
+        self.orders: list[Tensor] = []
+        self.costs: list[list[tuple[tuple[str, str], int | Tensor]]] = []
+        group_scores: list[Tensor] = []
+        for group in structure.groups:
+            if any(m in excluded for m in group.members):
+                continue
+            score = _group_score(group, normalised)
+            if score is None:
+                continue
+            order = torch.sort(score, stable=True).indices
+            self.groups.append(group)
+            self.orders.append(order)
+            group_scores.append(score)
+            items: list[tuple[tuple[str, str], int | Tensor]] = []
+            for layer, dim, mult in group.items:
+                if isinstance(mult, Tensor):
+                    cum = torch.cat([mult.new_zeros(1), mult[order].cumsum(0)])
+                    items.append(((layer, dim), cum))
+                else:
+                    items.append(((layer, dim), mult))
+            self.costs.append(items)
+        # filters a group channel stands for: one per conv whose output it removes
+        self.filters = torch.tensor([len(g.convs) for g in self.groups], dtype=torch.float64)
+        self.total_filters = float(sum(g.channels * len(g.convs) for g in self.groups))
+        if config.scope == "global" and self.groups:
+            flat = torch.cat(group_scores)
+            gid = torch.cat(
+                [torch.full((g.channels,), i, dtype=torch.long) for i, g in enumerate(self.groups)]
+            )
+            sorted_gid = gid[torch.sort(flat, stable=True).indices]
+            self.sorted_gid = sorted_gid
+            self.cum_filters = self.filters[sorted_gid].cumsum(0)
+        if config.ratio > 0 and not self.groups:
+            raise ConfigError(
+                "no prunable channel group left (all ignored, skipped or unscored): relax "
+                "ignore / skip_first or score the network's convs"
+            )
+
+    def _raw(self, r: float) -> list[int]:
+        if self.config.scope == "layer":
+            return [_round_half_up(r * g.channels) for g in self.groups]
+        # smallest prefix of the global ranking that removes a fraction r of the filters
+        m = int(torch.searchsorted(self.cum_filters, r * self.total_filters - 1e-9)) + 1
+        m = 0 if r <= 0 else min(m, len(self.sorted_gid))
+        return torch.bincount(self.sorted_gid[:m], minlength=len(self.groups)).tolist()
+
+    def counts(self, r: float) -> list[int] | None:
+        round_to, floor = self.config.round_to, self.config.min_channels
+        out = []
+        for g, n in zip(self.groups, self._raw(r)):
+            kept = g.channels - n
+            if round_to and kept < g.channels:
+                kept = max(round_to, _round_half_up(kept / round_to) * round_to)
+            kept = max(kept, floor)
+            if round_to and kept < g.channels and kept % round_to:
+                kept = math.ceil(kept / round_to) * round_to
+            kept = min(kept, g.channels)
+            if kept <= 0:
+                return None
+            out.append(g.channels - kept)
+        return out
+
+    def emptied(self, r: float) -> str:
+        for g, n in zip(self.groups, self._raw(r)):
+            if n >= g.channels:
+                return f"the channel group of {g.key}"
+        return "a layer"
+
+    def reduction(self, counts: list[int]) -> dict[str, float]:
+        removed: dict[tuple[str, str], int] = dict(self.head)
+        for n, items in zip(counts, self.costs):
+            if n == 0:
+                continue
+            for key, mult in items:
+                step = int(mult[n]) if isinstance(mult, Tensor) else mult * n
+                removed[key] = removed.get(key, 0) + step
+        macs, params = self.structure.cost(removed)
+        filters = float((self.filters * torch.tensor(counts, dtype=torch.float64)).sum())
+        return {
+            "units": filters / self.total_filters if self.total_filters else 0.0,
+            "macs": 1 - macs / self.macs0,
+            "params": 1 - params / self.params0,
+        }
+
+    def fill(self, plan: PruningPlan, counts: list[int]) -> None:
+        for g, order, n in zip(self.groups, self.orders, counts):
+            if n:
+                plan.removed.append((g.key, sorted(order[:n].tolist())))
+
+
+def _check_names(scores: dict[str, Tensor], structure: Structure) -> None:
+    unknown = sorted(set(scores) - set(structure.names))
+    if unknown:
+        raise ConfigError(
+            f"scores name layers this network lacks ({', '.join(unknown[:3])}): score the same "
+            "network that is being pruned"
+        )
+
+
+def _as_scores(name: str, score: Tensor, shape: tuple[int, ...]) -> Tensor:
+    if tuple(score.shape) != shape:
+        raise ConfigError(
+            f"scores for {name} have shape {tuple(score.shape)}, expected {shape}: score the same "
+            "network (and granularity) that is being pruned"
+        )
+    s = score.detach().to("cpu", torch.float64)
+    if not torch.isfinite(s).all():
+        raise ConfigError(f"scores for {name} contain NaN or inf: check the criterion's statistics")
+    return s
+
+
+def _group_score(group: ChannelGroup, scores: dict[str, Tensor]) -> Tensor | None:
+    """Mean over the group's scored convs of their (normalised) scores, per key channel."""
+    total = torch.zeros(group.channels, dtype=torch.float64)
+    count = torch.zeros(group.channels, dtype=torch.float64)
+    for name, idxs, roots in group.convs:
+        if name in scores:
+            total.index_add_(0, roots, scores[name][idxs])
+            count.index_add_(0, roots, torch.ones(len(roots), dtype=torch.float64))
+    if not bool((count > 0).any()):
+        return None
+    return torch.where(count > 0, total / count.clamp_min(1), torch.inf)
+
+
+class _MaskProblem(_Problem):
+    """Weight / kernel masks: rank single weights or whole k x k kernels."""
+
+    def __init__(
+        self,
+        structure: Structure,
+        model: nn.Module,
+        scores: dict[str, Tensor],
+        granularity: str,
+        normalization: str,
+        config: PruningConfig,
+        excluded: set[str],
+        head_cut: int,
+    ) -> None:
+        self.config = config
+        self.granularity = granularity
+        self.macs0, self.params0 = structure.totals()
+        classifier = structure.layers[structure.classifier]
+        self.head_macs = head_cut * classifier.in_channels * classifier.positions
+        self.head_params = head_cut * (classifier.in_channels + int(classifier.bias))
+        _check_names(scores, structure)
+        self.names: list[str] = []
+        self.shapes: list[tuple[int, ...]] = []
+        self.orders: list[Tensor] = []
+        self.unit_macs: list[int] = []
+        self.unit_params: list[int] = []
+        flat_scores: list[Tensor] = []
+        for name in sorted(scores, key=lambda n: structure.layers[n].order
+                           if n in structure.layers else 1 << 30):  # fmt: skip
+            layer = structure.layers.get(name)
+            if layer is None or layer.kind == "bn" or name == structure.classifier:
+                continue
+            if name in excluded or (granularity == "kernel" and layer.kind != "conv"):
+                continue
+            weight = model.get_submodule(name).weight
+            shape = tuple(weight.shape[:2]) if granularity == "kernel" else tuple(weight.shape)
+            s = _normalise(_as_scores(name, scores[name], shape).flatten(), normalization)
+            per_unit = weight[0, 0].numel() if granularity == "kernel" else 1
+            self.names.append(name)
+            self.shapes.append(shape)
+            self.orders.append(torch.sort(s, stable=True).indices)
+            self.unit_params.append(per_unit)
+            self.unit_macs.append(per_unit * layer.positions)
+            flat_scores.append(s)
+        self.units = [o.numel() for o in self.orders]
+        if config.scope == "global" and self.names:
+            lid = torch.cat(
+                [torch.full((u,), i, dtype=torch.long) for i, u in enumerate(self.units)]
+            )
+            self.sorted_lid = lid[torch.sort(torch.cat(flat_scores), stable=True).indices]
+        if config.ratio > 0 and not self.names:
+            raise ConfigError(
+                "no prunable layer left (all ignored, skipped or unscored): relax ignore / "
+                "skip_first or score the network's layers"
+            )
+
+    def _raw(self, r: float) -> list[int]:
+        if self.config.scope == "layer":
+            return [_round_half_up(r * u) for u in self.units]
+        m = _round_half_up(r * len(self.sorted_lid))
+        return torch.bincount(self.sorted_lid[:m], minlength=len(self.names)).tolist()
+
+    def counts(self, r: float) -> list[int] | None:
+        out = []
+        for units, n in zip(self.units, self._raw(r)):
+            kept = min(max(units - n, self.config.min_channels), units)
+            if kept <= 0:
+                return None
+            out.append(units - kept)
+        return out
+
+    def emptied(self, r: float) -> str:
+        for name, units, n in zip(self.names, self.units, self._raw(r)):
+            if n >= units:
+                return name
+        return "a layer"
+
+    def reduction(self, counts: list[int]) -> dict[str, float]:
+        total_units = sum(self.units)
+        macs = sum(n * c for n, c in zip(counts, self.unit_macs)) + self.head_macs
+        params = sum(n * c for n, c in zip(counts, self.unit_params)) + self.head_params
+        return {
+            "units": sum(counts) / total_units if total_units else 0.0,
+            "macs": macs / self.macs0,
+            "params": params / self.params0,
+        }
+
+    def fill(self, plan: PruningPlan, counts: list[int]) -> None:
+        for name, shape, order, n in zip(self.names, self.shapes, self.orders, counts):
+            keep = torch.ones(order.numel(), dtype=torch.bool)
+            keep[order[:n]] = False
+            plan.masks[name] = {"shape": list(shape), "keep": _pack(keep)}
+
+
+def _pack(keep: Tensor) -> str:
+    return base64.b64encode(np.packbits(keep.numpy()).tobytes()).decode("ascii")
+
+
+def _unpack(text: str, shape: Sequence[int]) -> Tensor:
+    count = math.prod(shape)
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8), count=count)
+    return torch.from_numpy(bits.astype(bool)).reshape(tuple(shape))
+
+
+def plan_mask(plan: PruningPlan, layer: str) -> Tensor:
+    """The keep mask (bool, unit shape) a mask plan stores for ``layer``."""
+    entry = plan.masks[layer]
+    return _unpack(entry["keep"], entry["shape"])
+
+
+# --------------------------------------------------------------------------------------------
+# applying
+
+
+def apply_plan(
+    model: nn.Module, plan: PruningPlan, example_input: Tensor | None = None
+) -> nn.Module:
+    """Apply ``plan`` to ``model`` in place and return it.
+
+    Structured plans remove channels physically through torch-pruning's dependency graph, group
+    by group in the stored order (coupled convs, BNs, depthwise convs and gates together). Mask
+    plans attach ``torch.nn.utils.prune`` masks, which keep pruned weights at zero through later
+    training until :func:`make_masks_permanent`. Then the classifier is cut to ``head_rows``.
+    Create optimizers after this call: pruned layers hold new parameters.
+
+    Args:
+        model: A network with the architecture the plan was made for (its weights may differ).
+        plan: The plan.
+        example_input: A batch for tracing; default zeros of ``plan.input_shape``.
+
+    Raises:
+        ConfigError: The model's architecture does not match the plan, or the plan is corrupt.
+    """
+    found = fingerprint(model)
+    if found != plan.fingerprint:
+        raise ConfigError(
+            f"this network does not match the pruning plan (made for {plan.network}, fingerprint "
+            f"{plan.fingerprint}, got {found}): build the same network (name, num_classes, "
+            "small_input) before applying the plan"
+        )
+    if plan.granularity == "filter":
+        if plan.removed:
+            if example_input is None:
+                param = next(model.parameters())
+                example_input = torch.zeros(
+                    1, *plan.input_shape, device=model_device(model), dtype=param.dtype
+                )
+            _remove_channels(model, plan.removed, example_input[:1])
+    else:
+        _attach_masks(model, plan)
+    if plan.head_rows is not None:
+        class_subset_head(model, plan.head_rows)
+    return model
+
+
+def _remove_channels(
+    model: nn.Module, removed: list[tuple[str, list[int]]], example_input: Tensor
+) -> None:
+    graph = trace(model, example_input)
+    for key, idxs in removed:
+        module = _submodule(model, key)
+        if not isinstance(module, nn.Conv2d):
+            raise ConfigError(
+                f"pruning plan names {key}, which is not a Conv2d: use the plan made for this "
+                "network"
+            )
+        channels = module.out_channels
+        if len(set(idxs)) != len(idxs) or not all(0 <= i < channels for i in idxs):
+            raise ConfigError(
+                f"pruning plan removes invalid channels of {key} ({channels} channels): use the "
+                "plan made for this network"
+            )
+        if len(idxs) >= channels:
+            raise ConfigError(f"pruning plan removes every channel of {key}: use a valid plan")
+        group = graph.get_pruning_group(module, out_channel_fn(graph, module), list(idxs))
+        group.prune()
+
+
+def _attach_masks(model: nn.Module, plan: PruningPlan) -> None:
+    for name in plan.masks:
+        module = _submodule(model, name)
+        keep = plan_mask(plan, name)
+        weight = module.weight
+        if plan.granularity == "kernel":
+            keep = keep[..., None, None].expand_as(weight)
+        if keep.shape != weight.shape:
+            raise ConfigError(
+                f"pruning plan mask for {name} has shape {tuple(keep.shape)}, the layer's weight "
+                f"{tuple(weight.shape)}: use the plan made for this network"
+            )
+        prune.custom_from_mask(module, "weight", keep.to(weight.device, weight.dtype))
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ConfigError(
+            f"pruning plan names layer {name}, which this network lacks: use the plan made for "
+            "this network"
+        ) from None
+
+
+def class_subset_head(model: nn.Module, head_rows: Sequence[int]) -> None:
+    """Cut the classifier to ``head_rows``, copying those rows (no re-initialisation).
+
+    The cut network's logits equal the uncut one's logits at ``head_rows``, so a pruned k-way
+    model starts from the base model's k-way predictions.
+    """
+    cut_head(model, list(head_rows))
+
+
+def make_masks_permanent(model: nn.Module) -> nn.Module:
+    """Fold every ``torch.nn.utils.prune`` mask into its parameter (zeros stay, masks go)."""
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)
+    return model
