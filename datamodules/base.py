@@ -547,8 +547,9 @@ class ClassSubsetDataModule(LightningDataModule):
         """Training images of the selected classes, shuffled with a generator seeded by ``seed``.
 
         Each call starts from the same seed, so two setups with the same seed yield the same
-        batches (augmentation draws from torch's RNG, which Lightning's ``seed_everything``
-        seeds, in workers too).
+        batches. With ``num_workers > 0`` the workers' RNGs derive from that generator, so
+        augmented batches repeat as well; with ``num_workers=0`` augmentation draws from the
+        main process's torch RNG, which ``seed_everything`` seeds.
         """
         self._require_setup()
         return self._loader(self.train_dataset, shuffle=True)
