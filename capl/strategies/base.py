@@ -97,7 +97,9 @@ def get_criterion(name: str, **kwargs: Any) -> Criterion:
 
     by_lower = {k.lower(): v for k, v in _REGISTRY.items()}
     if name.lower() not in by_lower:
-        raise ConfigError(f"unknown criterion {name!r}: choose one of {', '.join(sorted(_REGISTRY))}")
+        raise ConfigError(
+            f"unknown criterion {name!r}: choose one of {', '.join(sorted(_REGISTRY))}"
+        )
     return by_lower[name.lower()](**kwargs)
 
 

@@ -1,0 +1,49 @@
+"""Network slimming: BatchNorm scale factors (Liu et al., 2017)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from capl.strategies._activations import conv_layers, following_batchnorms
+from capl.strategies.base import Criterion
+
+
+class BNScale(Criterion):
+    """Score each Conv2d output channel by ``|gamma|`` of the BatchNorm that follows the conv.
+
+    Liu et al., "Learning Efficient Convolutional Networks through Network Slimming", ICCV 2017.
+    The conv -> BN pairing is the static one of
+    :func:`~capl.strategies._activations.following_batchnorms` (the BN registered right after the
+    conv with matching width, which is the forward order in torchvision networks).
+
+    A conv with no following affine BatchNorm (VGG without BN, SE-block convs) falls back to the
+    L1 norm of its filters (Li et al., 2017) so that every conv has a finite score. Such scores are
+    on a different scale than ``|gamma|``; use ``scope: layer`` or a per-layer normalisation when a
+    network mixes both, and see :attr:`fallback_layers` after scoring for which layers used it.
+    """
+
+    granularity = "filter"
+
+    def __init__(self) -> None:
+        self._fallback: list[str] = []
+
+    @property
+    def fallback_layers(self) -> list[str]:
+        """Layers of the last :meth:`score` call scored by filter L1 norm instead of ``|gamma|``."""
+        return list(self._fallback)
+
+    def score(
+        self, model: nn.Module, layers: dict[str, nn.Module], stats: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """Return ``|gamma|`` (or the filter L1 norm, see above) per output channel."""
+        bns = following_batchnorms(model)
+        scores: dict[str, Tensor] = {}
+        self._fallback = []
+        for name, conv in conv_layers(layers).items():
+            bn = bns.get(name)
+            if bn is not None and bn.weight is not None:
+                scores[name] = bn.weight.detach().abs().clone()
+            else:
+                self._fallback.append(name)
+                scores[name] = conv.weight.detach().flatten(1).norm(p=1, dim=1)
+        return scores
