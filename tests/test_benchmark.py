@@ -203,6 +203,18 @@ def test_layer_report_and_per_layer_diff():
     assert diff["1"]["out_channels_after"] == 4 and diff["1"]["live_out_channels_after"] == 2
     assert diff["1"]["channels_removed"] == pytest.approx(0.5)
     assert diff["1"]["nonzero_after"] == 2 * 6 + 4  # 2 live filters of 6 weights, 4 biases
+    assert (diff["0"]["kind"], diff["0"]["before"], diff["0"]["after"]) == ("channels", 8, 6)
+    assert per_layer_diff(before, after) == diff  # models are accepted too
+
+
+def test_per_layer_diff_unstructured_masks_report_weights():
+    before = nn.Sequential(nn.Linear(10, 10, bias=False))
+    with torch.no_grad():
+        before[0].weight.fill_(1.0)
+    after = copy.deepcopy(before)
+    prune.random_unstructured(after[0], "weight", amount=0.3)  # 30 of 100, rows stay live
+    entry = per_layer_diff(before, after)["0"]
+    assert (entry["kind"], entry["before"], entry["after"]) == ("weights", 100, 70)
 
 
 # --- ONNX -----------------------------------------------------------------------------------
@@ -319,8 +331,8 @@ def test_realised_on_known_numbers():
             "sparse_size_bytes": None,
             "layers": {"c": {"type": "Conv2d", "live_out_channels": channels}},
             "latency_ms": {
-                "torch": {"1": {"median_ms": median_t}},
-                "onnxruntime": {"1": {"median_ms": median_o}},
+                "torch": {"bs1": {"median_ms": median_t}},
+                "onnxruntime": {"bs1": {"median_ms": median_o}},
             },
         }
 
@@ -333,9 +345,10 @@ def test_realised_on_known_numbers():
     assert out["macs_removed"] == pytest.approx(0.75)
     assert out["theoretical_speedup"] == pytest.approx(4.0)
     assert out["size_ratio"] == pytest.approx(2.5)
-    assert out["speedup"]["torch"]["1"]["measured"] == pytest.approx(2.0)
-    assert out["speedup"]["torch"]["1"]["efficiency"] == pytest.approx(0.5)
-    assert out["speedup"]["onnxruntime"]["1"]["efficiency"] == pytest.approx(0.5)
+    assert out["measured_speedup"]["torch"]["bs1"] == pytest.approx(2.0)
+    assert out["efficiency"]["torch"]["bs1"] == pytest.approx(0.5)
+    assert out["measured_speedup"]["onnxruntime"]["bs1"] == pytest.approx(2.0)
+    assert out["efficiency"]["onnxruntime"]["bs1"] == pytest.approx(0.5)
 
 
 def test_profile_model_leaves_model_untouched_and_is_json(tmp_path):
@@ -364,10 +377,12 @@ def test_profile_model_leaves_model_untouched_and_is_json(tmp_path):
     assert block["conv_linear_macs"] == 16 * 16 * 8 * 27 + 16 * 16 * 8 * 72 + 8 * 3
     assert block["params"] == count_params(model)
     assert set(block["latency_ms"]) == {"torch", "onnxruntime"}
-    assert set(block["latency_ms"]["onnxruntime"]) == {"1", "2"}
-    assert block["latency_ms"]["onnxruntime"]["1"]["threads"] == 1
+    assert set(block["latency_ms"]["onnxruntime"]) == {"bs1", "bs2"}
+    assert block["latency_ms"]["onnxruntime"]["bs1"]["threads"] == 1
     assert (tmp_path / "tiny.onnx").is_file()
-    assert set(block["peak_memory"]) == {"1", "2"}
+    assert set(block["peak_memory"]) == {"bs1", "bs2"}
+    assert block["peak_memory_bytes"] == block["peak_memory"]["bs2"]["peak_bytes"]
+    assert block["peak_memory_method"] == "torch_profiler_allocations"
     json.dumps(block, allow_nan=False)
 
 
@@ -383,19 +398,57 @@ def test_compare_models_and_table():
     # 4 of the 16 conv filters are masked; masks remove no MACs
     assert result["realised"]["channels_removed"] == pytest.approx(4 / 16)
     assert result["realised"]["theoretical_speedup"] == pytest.approx(1.0)
-    assert "1" in result["realised"]["speedup"]["torch"]
+    assert result["realised"]["measured_speedup"]["torch"]["bs1"] > 0
+    assert result["per_layer"]["3"]["kind"] == "channels"
+    assert (result["per_layer"]["3"]["before"], result["per_layer"]["3"]["after"]) == (8, 4)
     table = format_table(result["before"], result["after"])
     lines = table.splitlines()
     assert lines[0].split() == ["metric", "before", "after", "after/before"]
-    assert any(line.startswith("torch b1 median ms") for line in lines)
+    assert any(line.startswith("torch bs1 median ms") for line in lines)
     json.dumps(result, allow_nan=False)
 
 
 def test_environment_info():
     env = environment_info(ort_threads=3)
-    assert env["versions"]["torch"] == torch.__version__.split("+")[0]
-    assert env["versions"]["onnxruntime"] == ort.__version__
-    assert env["ort_threads"] == 3 and env["torch_threads"] == torch.get_num_threads()
+    assert env["torch"] == torch.__version__.split("+")[0]
+    assert env["onnxruntime"] == ort.__version__
+    assert env["torchvision"] and env["ptflops"] and env["torch_pruning"] and env["lightning"]
+    assert env["onnxruntime_threads"] == 3 and env["threads"] == torch.get_num_threads()
     assert env["device"] in {"cpu", "cuda"}
     assert isinstance(env["cpu_model"], str) and env["cpu_model"]
     json.dumps(env)
+
+
+def test_log_benchmark_scalars_and_tensorboard(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from capl.benchmark.tensorboard import benchmark_scalars, log_benchmark
+
+    before = tiny_bn()
+    after = copy.deepcopy(before)
+    prune.ln_structured(after[3], "weight", amount=0.5, n=1, dim=0)
+    result = compare_models(
+        before, after, (3, 16, 16), batch_sizes=(1,), backends=("torch",), memory=False, **FAST
+    )
+    result.update(model="tiny", strategy={"name": "L1"}, ratio=0.5)
+    scalars = benchmark_scalars(result)
+    assert scalars["benchmark/after/macs"] == result["after"]["macs"]
+    assert scalars["benchmark/realised/channels_removed"] == pytest.approx(0.25)
+    assert scalars["benchmark/before/latency_ms/torch/bs1"] == pytest.approx(
+        result["before"]["latency_ms"]["torch"]["bs1"]["median_ms"]
+    )
+
+    class Recorder:
+        def __init__(self):
+            self.metrics = {}
+
+        def log_metrics(self, metrics, step=None):
+            self.metrics.update(metrics)
+
+    recorder = Recorder()
+    log_benchmark(recorder, result)
+    assert recorder.metrics == scalars
+    tb = TensorBoardLogger(tmp_path, name="tb")
+    log_benchmark(tb, result)
+    tb.finalize("success")
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))

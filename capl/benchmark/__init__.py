@@ -22,7 +22,13 @@ from capl.benchmark.latency import (
     peak_memory,
 )
 from capl.benchmark.onnx_export import export_onnx
-from capl.benchmark.report import compare_models, format_table, profile_model, realised
+from capl.benchmark.report import (
+    batch_key,
+    compare_models,
+    format_table,
+    profile_model,
+    realised,
+)
 from capl.benchmark.size import (
     sparse_decode,
     sparse_encode,
@@ -31,6 +37,7 @@ from capl.benchmark.size import (
 )
 
 __all__ = [
+    "batch_key",
     "compare_models",
     "count_conv_linear_macs",
     "count_macs",

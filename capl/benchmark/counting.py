@@ -215,21 +215,29 @@ def _fraction_removed(before: float | None, after: float | None) -> float | None
 
 
 def per_layer_diff(
-    before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
+    before: nn.Module | dict[str, dict[str, Any]], after: nn.Module | dict[str, dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
-    """Compare two :func:`layer_report` results layer by layer.
+    """Compare two models (or their :func:`layer_report` results) layer by layer.
+
+    Each entry leads with the contract's summary ``"kind"``, ``"before"``, ``"after"``: live
+    output channels (``kind="channels"``) when the number of live channels changed or nothing
+    changed, else non-zero weights (``kind="weights"``, unstructured/kernel masks).
 
     Args:
-        before: Report of the base model.
-        after: Report of the pruned model.
+        before: Base model or its report.
+        after: Pruned model or its report.
 
     Returns:
-        ``{name: {"type", "out_channels_before", "out_channels_after",
+        ``{name: {"kind", "before", "after", "type", "out_channels_before", "out_channels_after",
         "live_out_channels_before", "live_out_channels_after", "nonzero_before",
         "nonzero_after", "params_before", "params_after", "channels_removed",
         "nonzero_removed"}}``; ``*_removed`` are fractions of the base value (live channels and
         non-zero weights, so masks count too). A layer absent on one side has ``None`` there.
     """
+    if isinstance(before, nn.Module):
+        before = layer_report(before)
+    if isinstance(after, nn.Module):
+        after = layer_report(after)
     names = list(before) + [n for n in after if n not in before]
     diff: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -239,7 +247,13 @@ def per_layer_diff(
         def get(rep: dict[str, Any] | None, key: str) -> Any:
             return None if rep is None else rep.get(key)
 
+        live_b, live_a = get(b, "live_out_channels"), get(a, "live_out_channels")
+        nz_b, nz_a = get(b, "nonzero"), get(a, "nonzero")
+        weights_only = live_b == live_a and nz_b != nz_a and None not in (nz_b, nz_a)
         diff[name] = {
+            "kind": "weights" if weights_only else "channels",
+            "before": nz_b if weights_only else live_b,
+            "after": nz_a if weights_only else live_a,
             "type": (b or a or {}).get("type"),
             "out_channels_before": get(b, "out_channels"),
             "out_channels_after": get(a, "out_channels"),

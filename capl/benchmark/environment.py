@@ -47,9 +47,11 @@ def environment_info(ort_threads: int | None = None) -> dict[str, Any]:
         ort_threads: ONNX Runtime intra-op threads used (``None`` if ORT was not timed).
 
     Returns:
-        ``{"device", "cuda_device", "cuda_version", "versions": {package: version},
-        "python", "platform", "cpu_model", "cpu_count", "cpu_affinity",
-        "torch_threads", "torch_interop_threads", "ort_threads", "ort_providers"}``.
+        ``{"device", "cuda_device", "cuda_version", "torch", "torchvision", "lightning",
+        "onnxruntime", "onnx", "ptflops", "torch_pruning", "numpy" (versions, ``None`` if not
+        installed), "python", "platform", "cpu_model", "cpu_count", "cpu_affinity",
+        "threads" (torch intra-op), "interop_threads", "onnxruntime_threads",
+        "onnxruntime_providers"}``.
     """
     cuda = torch.cuda.is_available()
     try:
@@ -62,18 +64,23 @@ def environment_info(ort_threads: int | None = None) -> dict[str, Any]:
         affinity: int | None = len(os.sched_getaffinity(0))
     except AttributeError:
         affinity = None
-    return {
+    info: dict[str, Any] = {
         "device": "cuda" if cuda else "cpu",
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
         "cuda_version": torch.version.cuda,
-        "versions": {name: _version(name) for name in PACKAGES},
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": affinity,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "ort_threads": ort_threads,
-        "ort_providers": providers,
     }
+    info.update({name.replace("-", "_"): _version(name) for name in PACKAGES})
+    info.update(
+        {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpu_model": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "cpu_affinity": affinity,
+            "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(),
+            "onnxruntime_threads": ort_threads,
+            "onnxruntime_providers": providers,
+        }
+    )
+    return info

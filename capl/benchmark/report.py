@@ -35,6 +35,11 @@ SPARSE_AUTO_THRESHOLD = 0.1
 whose parameters are at least this fraction zeros."""
 
 
+def batch_key(batch_size: int) -> str:
+    """The JSON key of a batch size in result dicts (``"bs32"``)."""
+    return f"bs{int(batch_size)}"
+
+
 def _validate(batch_sizes: Sequence[int], backends: Sequence[str], exporter: str) -> None:
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
@@ -93,8 +98,12 @@ def profile_model(
 
     Returns:
         ``{"input_shape", "masked", "macs", "conv_linear_macs", "params", "nonzero_params",
-        "size_bytes", "sparse_size_bytes", "latency_ms": {backend: {str(batch): latency}},
-        "peak_memory": {str(batch): memory}, "onnx", "layers", "errors", "profile_seconds"}``.
+        "size_bytes", "sparse_size_bytes", "latency_ms": {backend: {"bs<N>": latency}},
+        "peak_memory": {"bs<N>": memory}, "peak_memory_bytes", "peak_memory_method",
+        "peak_memory_batch_size", "onnx", "layers", "errors", "profile_seconds"}``, where
+        ``latency`` is the dict of :func:`measure_latency_torch` /
+        :func:`measure_latency_onnxruntime`, ``memory`` that of :func:`peak_memory` and the
+        ``peak_memory_*`` headline fields are those of the largest batch size.
     """
     _validate(batch_sizes, backends, exporter)
     start = time.perf_counter()
@@ -146,7 +155,7 @@ def profile_model(
                 **timing,
             )
             if result is not None:
-                block["latency_ms"]["torch"][str(batch)] = result
+                block["latency_ms"]["torch"][batch_key(batch)] = result
     if "onnxruntime" in backends:
         with tempfile.TemporaryDirectory(prefix="capl-onnx-") as tmp:
             folder = Path(workdir) if workdir is not None else Path(tmp)
@@ -176,14 +185,19 @@ def profile_model(
                         **timing,
                     )
                     if result is not None:
-                        block["latency_ms"]["onnxruntime"][str(batch)] = result
+                        block["latency_ms"]["onnxruntime"][batch_key(batch)] = result
     if memory:
         for batch in batch_sizes:
             result = attempt(
                 f"peak_memory.{batch}", peak_memory, model, shape, int(batch), device, seed
             )
             if result is not None:
-                block["peak_memory"][str(batch)] = result
+                block["peak_memory"][batch_key(batch)] = result
+    # Headline memory figure: the largest batch measured (where activations matter most).
+    largest = block["peak_memory"].get(batch_key(max(int(b) for b in batch_sizes)), {})
+    block["peak_memory_bytes"] = largest.get("peak_bytes")
+    block["peak_memory_method"] = largest.get("method")
+    block["peak_memory_batch_size"] = largest.get("batch_size")
     block["layers"] = layer_report(model)
     block["errors"] = errors
     block["profile_seconds"] = time.perf_counter() - start
@@ -223,31 +237,28 @@ def realised(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         ``{"channels_before", "channels_after", "channels_removed", "params_removed",
         "nonzero_params_removed", "macs_removed", "conv_linear_macs_removed",
         "size_ratio", "sparse_size_ratio", "theoretical_speedup",
-        "speedup": {backend: {str(batch): {"measured", "efficiency", "median_ms_before",
-        "median_ms_after"}}}}``; fractions in [0, 1] of the base value, ``None`` where
-        either side is missing.
+        "measured_speedup": {backend: {"bs<N>": float}},
+        "efficiency": {backend: {"bs<N>": float}}}``; fractions in [0, 1] of the base value,
+        ``None`` where either side is missing.
     """
     layers_b = before.get("layers") or {}
     layers_a = after.get("layers") or {}
     channels_b = _conv_channels(layers_b) if layers_b else None
     channels_a = _conv_channels(layers_a) if layers_a else None
     theoretical = _ratio(before.get("macs"), after.get("macs"))
-    speedup: dict[str, dict[str, dict[str, float | None]]] = {}
+    measured_speedup: dict[str, dict[str, float | None]] = {}
+    efficiency: dict[str, dict[str, float | None]] = {}
     lat_b = before.get("latency_ms") or {}
     lat_a = after.get("latency_ms") or {}
     for backend in lat_b:
         for batch in lat_b[backend]:
             if batch not in lat_a.get(backend, {}):
                 continue
-            median_b = lat_b[backend][batch]["median_ms"]
-            median_a = lat_a[backend][batch]["median_ms"]
-            measured = _ratio(median_b, median_a)
-            speedup.setdefault(backend, {})[batch] = {
-                "measured": measured,
-                "efficiency": _ratio(measured, theoretical),
-                "median_ms_before": median_b,
-                "median_ms_after": median_a,
-            }
+            measured = _ratio(
+                lat_b[backend][batch]["median_ms"], lat_a[backend][batch]["median_ms"]
+            )
+            measured_speedup.setdefault(backend, {})[batch] = measured
+            efficiency.setdefault(backend, {})[batch] = _ratio(measured, theoretical)
     sparse_a = after.get("sparse_size_bytes")
     return {
         "channels_before": channels_b,
@@ -264,7 +275,8 @@ def realised(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         "size_ratio": _ratio(before.get("size_bytes"), after.get("size_bytes")),
         "sparse_size_ratio": _ratio(before.get("size_bytes"), sparse_a),
         "theoretical_speedup": theoretical,
-        "speedup": speedup,
+        "measured_speedup": measured_speedup,
+        "efficiency": efficiency,
     }
 
 
@@ -335,11 +347,11 @@ def format_table(before: dict[str, Any], after: dict[str, Any]) -> str:
         for batch, lat in per_batch.items():
             other = (after.get("latency_ms") or {}).get(backend, {}).get(batch, {})
             for stat in ("median_ms", "p90_ms"):
-                label = f"{backend} b{batch} {stat.split('_')[0]} ms"
+                label = f"{backend} {batch} {stat.split('_')[0]} ms"
                 rows.append((label, lat.get(stat), other.get(stat), "ms"))
     for batch, mem in (before.get("peak_memory") or {}).items():
         other = (after.get("peak_memory") or {}).get(batch, {})
-        rows.append((f"peak memory b{batch}", mem.get("peak_bytes"), other.get("peak_bytes"), "B"))
+        rows.append((f"peak memory {batch}", mem.get("peak_bytes"), other.get("peak_bytes"), "B"))
 
     def cell(value: float | None, unit: str) -> str:
         if value is None:

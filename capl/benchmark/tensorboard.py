@@ -1,0 +1,139 @@
+"""Send a benchmark result (the content of ``benchmark.json``) to Lightning loggers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_BLOCK_SCALARS = (
+    "accuracy",
+    "accuracy_macro",
+    "macs",
+    "conv_linear_macs",
+    "params",
+    "nonzero_params",
+    "size_bytes",
+    "sparse_size_bytes",
+    "peak_memory_bytes",
+)
+_REALISED_SCALARS = (
+    "channels_removed",
+    "params_removed",
+    "nonzero_params_removed",
+    "macs_removed",
+    "size_ratio",
+    "theoretical_speedup",
+)
+_HPARAMS = ("model", "dataset", "strategy", "ratio", "scope", "target", "seed", "retrain_epochs")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def benchmark_scalars(result: Mapping[str, Any], prefix: str = "benchmark") -> dict[str, float]:
+    """Flatten the headline numbers of a benchmark result into ``{tag: value}``.
+
+    Args:
+        result: A dict with ``before``/``after`` blocks and ``realised`` (see
+            :func:`capl.benchmark.compare_models`); accuracy fields are used when present.
+        prefix: Tag prefix.
+
+    Returns:
+        Tags like ``benchmark/after/macs``, ``benchmark/after/latency_ms/torch/bs1`` and
+        ``benchmark/realised/measured_speedup/onnxruntime/bs32``; missing values are skipped.
+    """
+    out: dict[str, float] = {}
+
+    def put(tag: str, value: Any) -> None:
+        number = _number(value)
+        if number is not None:
+            out[f"{prefix}/{tag}"] = number
+
+    for side in ("before", "after"):
+        block = result.get(side) or {}
+        for key in _BLOCK_SCALARS:
+            put(f"{side}/{key}", block.get(key))
+        for backend, per_batch in (block.get("latency_ms") or {}).items():
+            for batch, lat in per_batch.items():
+                put(f"{side}/latency_ms/{backend}/{batch}", lat.get("median_ms"))
+    realised = result.get("realised") or {}
+    for key in _REALISED_SCALARS:
+        put(f"realised/{key}", realised.get(key))
+    for group in ("measured_speedup", "efficiency"):
+        for backend, per_batch in (realised.get(group) or {}).items():
+            for batch, value in per_batch.items():
+                put(f"realised/{group}/{backend}/{batch}", value)
+    return out
+
+
+def per_layer_figure(per_layer: Mapping[str, Mapping[str, Any]]) -> Any:
+    """A bar chart of the fraction kept per prunable layer (channels or non-zero weights).
+
+    Args:
+        per_layer: The ``per_layer`` dict of a benchmark result.
+
+    Returns:
+        A ``matplotlib.figure.Figure`` (not attached to pyplot, so nothing leaks).
+    """
+    from matplotlib.figure import Figure
+
+    names, kept = [], []
+    for name, entry in per_layer.items():
+        before, after = entry.get("before"), entry.get("after")
+        if before:
+            names.append(name)
+            kept.append((after or 0) / before)
+    figure = Figure(figsize=(max(6.0, 0.25 * len(names)), 4.0))
+    axes = figure.add_subplot()
+    axes.bar(range(len(names)), kept, color="tab:blue")
+    axes.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    axes.set_ylim(0, 1.05)
+    axes.set_ylabel("fraction kept")
+    axes.set_title("per-layer pruning (channels, or non-zero weights for masks)")
+    figure.tight_layout()
+    return figure
+
+
+def log_benchmark(lightning_logger: Any, result: Mapping[str, Any]) -> None:
+    """Log scalars, hyper-parameters and a per-layer figure of ``result`` to one logger.
+
+    Scalars go through ``log_metrics`` (any Lightning logger). Hyper-parameters with the
+    headline metrics and the figure plus a text table go to TensorBoard only (loggers whose
+    ``experiment`` has ``add_figure``). Logging is best effort: failures are logged as
+    warnings, because ``benchmark.json`` is already written when this runs.
+
+    Args:
+        lightning_logger: A ``lightning.pytorch.loggers.Logger``.
+        result: The benchmark result.
+    """
+    scalars = benchmark_scalars(result)
+    try:
+        if scalars:
+            lightning_logger.log_metrics(scalars)
+    except Exception as error:
+        logger.warning("could not log benchmark scalars: %s", error)
+    experiment = getattr(lightning_logger, "experiment", None)
+    if experiment is None or not hasattr(experiment, "add_figure"):
+        return
+    try:
+        hparams = {key: result.get(key) for key in _HPARAMS if key in result}
+        if isinstance(hparams.get("strategy"), Mapping):
+            hparams["strategy"] = hparams["strategy"].get("name")
+        hparams = {k: v for k, v in hparams.items() if isinstance(v, str | int | float | bool)}
+        if hparams:
+            lightning_logger.log_hyperparams(hparams, metrics=scalars)
+        if result.get("per_layer"):
+            experiment.add_figure("benchmark/per_layer", per_layer_figure(result["per_layer"]))
+        if result.get("before") and result.get("after"):
+            from capl.benchmark.report import format_table
+
+            table = format_table(result["before"], result["after"])
+            experiment.add_text("benchmark/summary", f"```\n{table}\n```")
+    except Exception as error:
+        logger.warning("could not log benchmark figures/hparams to TensorBoard: %s", error)
