@@ -1,4 +1,4 @@
-"""The ``capl`` command: a LightningCLI over :class:`~capl.module.ImageClassifier` and the DataModules.
+"""The ``capl`` command: LightningCLI over :class:`~capl.module.ImageClassifier` and the DataModules.
 
 This is the one core module that imports ``capl.callbacks`` and ``capl.datamodules``, so YAML can
 name their classes by short name (``class_path: DigitsSubset``, ``class_path: PruningCallback``).
@@ -14,7 +14,7 @@ from lightning.pytorch.cli import LightningCLI
 import capl.callbacks
 import capl.datamodules
 from capl.datamodules import ClassSubsetDataModule
-from capl.errors import ConfigError
+from capl.errors import find_config_error
 from capl.module import ImageClassifier
 
 __all__ = ["CaplCLI", "main"]
@@ -22,7 +22,7 @@ _REGISTERED = (capl.callbacks, capl.datamodules)  # imported for their subclasse
 
 
 class CaplCLI(LightningCLI):
-    """LightningCLI with capl's defaults: seed 0, deterministic CPU runs, any DataModule subclass."""
+    """LightningCLI with capl's defaults: seed 0 and any DataModule subclass."""
 
 
 def main(args: Sequence[str] | None = None) -> CaplCLI | None:
@@ -43,8 +43,11 @@ def main(args: Sequence[str] | None = None) -> CaplCLI | None:
             save_config_kwargs={"overwrite": True},
             args=None if args is None else list(args),
         )
-    except ConfigError as err:
-        sys.stderr.write(f"capl: error: {err}\n")
+    except Exception as err:
+        config_error = find_config_error(err)
+        if config_error is None:
+            raise
+        sys.stderr.write(f"capl: error: {config_error}\n")
         raise SystemExit(2) from None
 
 

@@ -1,4 +1,4 @@
-"""Plain k-way evaluation of a network on a class subset (no Lightning), shared by callbacks and tests."""
+"""Plain k-way evaluation of a network on a class subset (no Lightning)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _short(values: Sequence[int]) -> str:
 def confusion_matrix(
     network: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], rows: Sequence[int]
 ) -> Tensor:
-    """k x k confusion counts (true subset label x predicted subset label) on the k-way task.
+    """K x k confusion counts (true subset label x predicted subset label) on the k-way task.
 
     The network runs in eval mode (its previous mode is restored); logits are restricted to
     ``rows`` so a full-head model and a class-subset head are scored on the same task.

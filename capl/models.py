@@ -14,7 +14,10 @@ from capl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+CIFAR_RESNETS: dict[str, int] = {"resnet20": 20, "resnet32": 32, "resnet56": 56}
+
 SUPPORTED_NETWORKS: tuple[str, ...] = (
+    *CIFAR_RESNETS,
     "resnet18",
     "resnet34",
     "resnet50",
@@ -56,12 +59,23 @@ def build_network(
         ConfigError: Unknown architecture, unavailable weights, or a checkpoint that does not fit.
     """
     if name not in SUPPORTED_NETWORKS:
-        raise ConfigError(f"unknown network {name!r}: choose one of {', '.join(SUPPORTED_NETWORKS)}")
+        raise ConfigError(
+            f"unknown network {name!r}: choose one of {', '.join(SUPPORTED_NETWORKS)}"
+        )
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
-    local = weights is not None and (os.sep in weights or Path(weights).suffix in {".pt", ".pth", ".ckpt"})
+    if name in CIFAR_RESNETS:
+        net = CifarResNet(CIFAR_RESNETS[name], num_classes)
+        if weights is not None:
+            load_weights_file(net, weights)
+        return net
+    local = weights is not None and (
+        os.sep in weights or Path(weights).suffix in {".pt", ".pth", ".ckpt"}
+    )
     hub_weights = None if weights is None or local else _torchvision_weights(name, weights)
-    net = tvm.get_model(name, weights=None, num_classes=IMAGENET_CLASSES if hub_weights else num_classes)
+    net = tvm.get_model(
+        name, weights=None, num_classes=IMAGENET_CLASSES if hub_weights else num_classes
+    )
     if hub_weights is not None:
         net.load_state_dict(_download_state_dict(name, hub_weights))
         if num_classes != IMAGENET_CLASSES:
@@ -73,13 +87,65 @@ def build_network(
     return net
 
 
+class CifarResNet(nn.Module):
+    """The CIFAR ResNet of He et al. (2016): 6n+2 layers in three stages of 16, 32 and 64 channels.
+
+    Built from torchvision's ``BasicBlock`` with 1x1-conv + BN projection shortcuts, so it prunes
+    like the torchvision ResNets. It always has a small-input stem (3x3, stride 1).
+
+    Args:
+        depth: 20, 32, 56, ... (``depth - 2`` divisible by 6).
+        num_classes: Classifier outputs.
+    """
+
+    def __init__(self, depth: int, num_classes: int) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ConfigError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 56, ...), got {depth}")
+        blocks = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.inplanes = 16
+        self.layer1 = self._stage(16, blocks, 1)
+        self.layer2 = self._stage(32, blocks, 2)
+        self.layer3 = self._stage(64, blocks, 2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def _stage(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        from torchvision.models.resnet import BasicBlock
+
+        layers = []
+        for i in range(blocks):
+            downsample = None
+            if i == 0 and (stride != 1 or self.inplanes != planes):
+                downsample = nn.Sequential(
+                    nn.Conv2d(self.inplanes, planes, 1, stride=stride, bias=False),
+                    nn.BatchNorm2d(planes),
+                )
+            layers.append(BasicBlock(self.inplanes, planes, stride if i == 0 else 1, downsample))
+            self.inplanes = planes
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of images."""
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
 def _torchvision_weights(name: str, weights: str) -> tvm.WeightsEnum:
     try:
         return tvm.get_model_weights(name)[weights.split(".")[-1]]
     except KeyError:
         valid = ", ".join(w.name for w in tvm.get_model_weights(name))
         raise ConfigError(
-            f"unknown weights {weights!r} for {name}: use one of {valid}, DEFAULT, or a local file path"
+            f"unknown weights {weights!r} for {name}: use one of {valid}, DEFAULT, "
+            "or a local file path"
         ) from None
 
 
@@ -89,7 +155,8 @@ def _download_state_dict(name: str, weights: tvm.WeightsEnum) -> dict[str, torch
     except Exception as err:  # urllib and hub raise many types; all mean "not available here"
         hub = Path(torch.hub.get_dir()) / "checkpoints"
         raise ConfigError(
-            f"could not load torchvision weights {weights} for {name} ({type(err).__name__}): put the "
+            f"could not load torchvision weights {weights} for {name} ({type(err).__name__}): "
+            "put the "
             f"file {Path(weights.url).name} in {hub} or pass a local checkpoint path as weights"
         ) from None
 
@@ -101,7 +168,9 @@ def load_weights_file(net: nn.Module, path: str) -> None:
         ConfigError: Missing file, or keys/shapes that do not match the network.
     """
     if not Path(path).is_file():
-        raise ConfigError(f"weights file {path} does not exist: pass an existing .pt/.pth/.ckpt path")
+        raise ConfigError(
+            f"weights file {path} does not exist: pass an existing .pt/.pth/.ckpt path"
+        )
     blob = torch.load(path, map_location="cpu", weights_only=False)
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
     if any(key.startswith("network.") for key in state):
@@ -150,7 +219,7 @@ def find_classifier(net: nn.Module) -> tuple[str, nn.Linear]:
 
 
 def cut_head(net: nn.Module, rows: list[int]) -> None:
-    """Replace the classifier by one holding only ``rows`` of it, weights copied (not re-initialised).
+    """Replace the classifier by one holding only ``rows`` of it (copied, not re-initialised).
 
     The cut network's k-way logits equal the original network's logits at ``rows``.
 

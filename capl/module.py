@@ -72,6 +72,9 @@ class ImageClassifier(LightningModule):
         self.head_classes: list[int] | None = head_classes
         self.pruning_plan: dict[str, Any] | None = None
         self.base_head_classes: list[int] | None = None
+        self.weights_source: str | None = weights
+        self.base_weights: str | None = None
+        self.pruning_timings: dict[str, float] = {}
         self.input_shape: tuple[int, int, int] | None = None
         self.rows: list[int] | None = None
         self.class_names: list[str] | None = None
@@ -91,7 +94,9 @@ class ImageClassifier(LightningModule):
         class_indices = getattr(datamodule, "class_indices", None)
         if self.network is None:
             if class_indices is None:
-                raise ConfigError("num_classes is not set and there is no DataModule to take it from")
+                raise ConfigError(
+                    "num_classes is not set and there is no DataModule to take it from"
+                )
             self.head_classes = list(class_indices)
             self._build(len(self.head_classes))
         if datamodule is not None and hasattr(datamodule, "input_shape"):
@@ -178,7 +183,9 @@ class ImageClassifier(LightningModule):
     @override
     def on_test_epoch_end(self) -> None:
         per_class = self._log_per_class("test")
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+        metrics = {
+            k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")
+        }
         self.test_summary = {
             "accuracy": metrics.get("test/acc"),
             "accuracy_macro": metrics.get("test/acc_macro"),
@@ -232,6 +239,8 @@ class ImageClassifier(LightningModule):
             "pruning_plan": self.pruning_plan,
             "base_head_classes": self.base_head_classes,
             "head_classes": self.head_classes,
+            "base_weights": self.base_weights,
+            "timings_s": self.pruning_timings,
         }
 
     @override
@@ -244,6 +253,8 @@ class ImageClassifier(LightningModule):
                 f"checkpoint holds a {saved['network']} but the model is configured as "
                 f"{self.hparams.network}: set model.network: {saved['network']} or use another ckpt"
             )
+        self.base_weights = saved.get("base_weights")
+        self.pruning_timings = dict(saved.get("timings_s") or {})
         plan = saved.get("pruning_plan")
         if plan is not None and plan != self.pruning_plan:
             # rebuild the architecture the plan was made on, then replay it
@@ -252,6 +263,7 @@ class ImageClassifier(LightningModule):
             self.apply_pruning_plan(plan)
         self.head_classes = list(saved["head_classes"])
         self.hparams.update(num_classes=len(self.head_classes))
+        _fold_masks(checkpoint["state_dict"], self.state_dict())
         self._check_shapes(checkpoint["state_dict"])
         if self._trainer is not None and self.rows is not None:
             datamodule = getattr(self.trainer, "datamodule", None)
@@ -272,3 +284,11 @@ class ImageClassifier(LightningModule):
                 f"{len(missing)} missing, {len(extra)} unexpected keys, e.g. {key}): check "
                 "model.network, num_classes and small_input"
             )
+
+
+def _fold_masks(state: dict[str, Tensor], own: dict[str, Tensor]) -> None:
+    """Turn ``<w>_orig``/``<w>_mask`` pairs into ``<w>`` where the module's masks are permanent."""
+    for key in [k for k in state if k.endswith("_orig")]:
+        name = key[: -len("_orig")]
+        if name in own and f"{name}_mask" in state and key not in own:
+            state[name] = state.pop(key) * state.pop(f"{name}_mask")

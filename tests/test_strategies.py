@@ -406,3 +406,27 @@ def test_bnscale_gamma_and_fallback() -> None:
     scores = crit.score(vgg, all_convs(vgg), {})
     assert crit.fallback_layers == list(all_convs(vgg))
     assert torch.equal(scores["features.0"], L1Norm().score(vgg, all_convs(vgg), {})["features.0"])
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v3_large", "efficientnet_b0"])
+def test_lrp_se_nets_conserve_at_the_top(arch: str) -> None:
+    torch.manual_seed(0)
+    net = build_network(arch, 10, small_input=True)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # cumulative average: realistic statistics, activations of O(1)
+    with torch.no_grad():
+        net(torch.randn(16, 3, 8, 8))
+    net.eval()
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.3)
+            nn.init.zeros_(m.bias)
+    layers = all_convs(net)
+    x, y = _data(4)
+    crit = LRP(init="one")
+    scores = crit.score(net, layers, crit.collect(net, [(x, y)], layers, ROWS))
+    last = list(layers)[-1]  # the 1x1 conv before global pooling: only epsilon rules above it
+    torch.testing.assert_close(scores[last].sum().item(), 4.0, rtol=1e-3, atol=1e-3)
+    se = [n for n in layers if n.endswith(".fc2")]
+    assert se and any(scores[n].abs().sum() > 0 for n in se)  # the gate path gets relevance

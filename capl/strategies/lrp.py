@@ -59,6 +59,10 @@ class LRP(Criterion):
       between the feature path and the gate path (conservative, and the SE convs get relevance);
       dropout and stochastic depth are identities in eval mode.
 
+    The rules' stabilisers are absolute (``epsilon`` and zennit's 1e-6), so on an *untrained*
+    network whose activations shrink to ~1e-10 (randomly initialised MobileNetV3 with identity BN
+    statistics) the relevance is swallowed and scores are ~0; trained networks are unaffected.
+
     Canonizers modify the model only inside :meth:`collect` and are undone afterwards; the
     weights and buffers are left bitwise unchanged. Gradients are taken w.r.t. activations only.
 

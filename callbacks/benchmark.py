@@ -1,0 +1,227 @@
+"""BenchmarkCallback: what pruning bought, measured on the same k-way task, into benchmark.json."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from torch import nn
+from typing_extensions import override
+
+import capl
+from capl.errors import ConfigError
+from capl.evaluation import accuracy_from_confusion, confusion_matrix, target_rows
+from capl.io import write_json_atomic
+from capl.module import ImageClassifier
+
+log = logging.getLogger(__name__)
+
+BENCHMARK_FILE = "benchmark.json"
+
+
+class BenchmarkCallback(Callback):
+    """Benchmark the model under test against the base model it came from.
+
+    At the end of ``capl test`` (rank zero; the test metrics themselves are computed on every
+    rank by the module) both models are evaluated on the DataModule's test split with logits
+    restricted to the selected classes, then profiled: MACs, parameters, size, latency per
+    backend and batch size, peak memory. The result is written atomically to
+    ``<log_dir>/benchmark.json`` and logged to TensorBoard (scalars, hparams, figures).
+
+    The base model is the PruningCallback's copy when pruning ran in this process, else the
+    network rebuilt from the checkpoint's recorded base weights, else the model itself.
+
+    Args:
+        batch_sizes: Batch sizes to time.
+        backends: Latency backends, among ``torch`` and ``onnxruntime``.
+        ort_threads: ONNX Runtime intra-op threads (recorded); default torch's thread count.
+        warmup: Warm-up iterations before timing.
+        repeats: Minimum timed iterations.
+        min_time_s: Minimum total timed seconds per measurement.
+        device: Device for latency and memory (``cpu``/``cuda``); default the trainer's device.
+        output: Where to write the JSON; default ``<trainer log_dir>/benchmark.json``.
+        run_name: A name recorded under ``run.name`` (sweeps put the grid point id here).
+    """
+
+    def __init__(
+        self,
+        batch_sizes: list[int] | None = None,
+        backends: list[str] | None = None,
+        ort_threads: int | None = None,
+        warmup: int = 5,
+        repeats: int = 20,
+        min_time_s: float = 0.5,
+        device: str | None = None,
+        output: str | None = None,
+        run_name: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.batch_sizes = list(batch_sizes or [1, 32])
+        self.backends = list(backends or ["torch", "onnxruntime"])
+        unknown = sorted(set(self.backends) - {"torch", "onnxruntime"})
+        if unknown:
+            raise ConfigError(f"unknown latency backends {unknown}: use torch and/or onnxruntime")
+        if any(b < 1 for b in self.batch_sizes):
+            raise ConfigError(f"batch_sizes must be >= 1, got {self.batch_sizes}")
+        if warmup < 0 or repeats < 1 or min_time_s < 0:
+            raise ConfigError("need warmup >= 0, repeats >= 1 and min_time_s >= 0")
+        if ort_threads is not None and ort_threads < 1:
+            raise ConfigError(f"ort_threads must be >= 1, got {ort_threads}")
+        self.ort_threads = ort_threads
+        self.warmup, self.repeats, self.min_time_s = warmup, repeats, min_time_s
+        self.device = device
+        self.output = output
+        self.run_name = run_name
+        self.result: dict[str, Any] | None = None
+
+    @override
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not isinstance(pl_module, ImageClassifier):
+            raise ConfigError("BenchmarkCallback works with capl's ImageClassifier model")
+        if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False):
+            return
+        self._benchmark(trainer, pl_module)
+
+    @rank_zero_only
+    def _benchmark(self, trainer: Trainer, module: ImageClassifier) -> None:
+        datamodule = trainer.datamodule
+        pruning = _find_pruning_callback(trainer)
+        base, base_head = self._base_model(module, pruning)
+        after_net = copy.deepcopy(module.network).cpu()
+        from capl.pruning import make_masks_permanent
+
+        make_masks_permanent(after_net)
+        assert module.head_classes is not None
+        input_shape = tuple(datamodule.input_shape)
+        device = self.device or ("cuda" if trainer.strategy.root_device.type == "cuda" else "cpu")
+        workdir = Path(self._output_path(trainer)).parent
+        blocks = {}
+        for key, net, head in (
+            ("before", base, base_head),
+            ("after", after_net, module.head_classes),
+        ):
+            rows = target_rows(head, datamodule.class_indices)
+            net = net.to(device)
+            counts = confusion_matrix(net, datamodule.test_dataloader(), rows)
+            acc = accuracy_from_confusion(counts)
+            block = {
+                "accuracy": acc["accuracy"],
+                "accuracy_macro": acc["accuracy_macro"],
+                "accuracy_per_class": dict(zip(datamodule.class_names, acc["accuracy_per_class"])),
+                "test_samples": acc["samples"],
+            }
+            block.update(self._profile(net, input_shape, device, workdir / f".onnx_{key}"))
+            blocks[key] = block
+            net.cpu()
+        from capl.benchmark import environment_info, per_layer_diff, realised
+
+        plan = module.pruning_plan or {}
+        timings = dict(getattr(module, "pruning_timings", None) or {})
+        result = {
+            "capl_version": capl.__version__,
+            "run": {
+                "log_dir": str(workdir),
+                "stage": "test",
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "name": self.run_name,
+            },
+            "model": module.hparams.network,
+            "dataset": getattr(datamodule, "name", type(datamodule).__name__),
+            "classes": {
+                "indices": list(datamodule.class_indices),
+                "names": list(datamodule.class_names),
+            },
+            "strategy": plan.get("criterion"),
+            "ratio": (plan.get("config") or {}).get("ratio"),
+            "scope": (plan.get("config") or {}).get("scope"),
+            "target": (plan.get("config") or {}).get("target"),
+            "seed": _seed(trainer),
+            "retrain_epochs": int(getattr(module, "retrain_epochs", 0) or 0),
+            "before": blocks["before"],
+            "after": blocks["after"],
+            "realised": realised(blocks["before"], blocks["after"]),
+            "per_layer": per_layer_diff(base, after_net),
+            "timings_s": {
+                "selection": timings.get("selection", 0.0),
+                "removal": timings.get("removal", 0.0),
+                "retraining": timings.get("retraining", 0.0),
+            },
+            "environment": environment_info(ort_threads=self._ort_threads()),
+        }
+        path = write_json_atomic(self._output_path(trainer), result)
+        self.result = result
+        self._log(trainer, result)
+        from capl.benchmark import format_table
+
+        rank_zero_info(
+            f"capl benchmark ({path}):\n{format_table(result['before'], result['after'])}"
+        )
+
+    def _ort_threads(self) -> int:
+        return self.ort_threads or torch.get_num_threads()
+
+    def _profile(
+        self, net: nn.Module, input_shape: tuple[int, ...], device: str, workdir: Path
+    ) -> dict:
+        from capl.benchmark import profile_model
+
+        return profile_model(
+            net,
+            input_shape,
+            batch_sizes=self.batch_sizes,
+            backends=self.backends,
+            device=device,
+            ort_threads=self._ort_threads(),
+            workdir=workdir,
+            warmup=self.warmup,
+            repeats=self.repeats,
+            min_time_s=self.min_time_s,
+        )
+
+    def _base_model(self, module: ImageClassifier, pruning: Any) -> tuple[nn.Module, list[int]]:
+        if pruning is not None and pruning.base_network is not None:
+            return copy.deepcopy(pruning.base_network), list(pruning.base_head_classes)
+        source = getattr(module, "base_weights", None)
+        if module.pruning_plan is not None and source:
+            from capl.models import build_network
+
+            head = list(module.base_head_classes or [])
+            net = build_network(
+                module.hparams.network, len(head), module.hparams.small_input, source
+            )
+            return net, head
+        return copy.deepcopy(module.network).cpu(), list(module.head_classes or [])
+
+    def _output_path(self, trainer: Trainer) -> Path:
+        if self.output:
+            return Path(self.output)
+        return Path(trainer.log_dir or trainer.default_root_dir) / BENCHMARK_FILE
+
+    def _log(self, trainer: Trainer, result: dict[str, Any]) -> None:
+        from capl.benchmark.tensorboard import log_benchmark
+
+        for logger in trainer.loggers:
+            log_benchmark(logger, result)
+
+
+def _find_pruning_callback(trainer: Trainer) -> Any:
+    from capl.callbacks.pruning import PruningCallback
+
+    return next((cb for cb in trainer.callbacks if isinstance(cb, PruningCallback)), None)
+
+
+def _seed(trainer: Trainer) -> int | None:
+    import os
+
+    value = os.environ.get("PL_GLOBAL_SEED")
+    return int(value) if value is not None else None
+
+
+__all__ = ["BENCHMARK_FILE", "BenchmarkCallback"]

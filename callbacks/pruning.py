@@ -1,0 +1,193 @@
+"""PruningCallback: class-aware pruning before fit/test, a thin adapter over capl.pruning."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from typing_extensions import override
+
+from capl.errors import ConfigError
+from capl.module import ImageClassifier
+from capl.pruning import PruningConfig, make_masks_permanent, make_plan, prunable_layers
+from capl.strategies import Criterion
+
+log = logging.getLogger(__name__)
+
+
+class PruningCallback(Callback):
+    """Score, plan and physically prune the model on the DataModule's selected classes.
+
+    Pruning runs in ``setup``: after the DataModule is set up and before the model is moved to
+    its device and wrapped for distributed training (a structural change after the DDP wrap would
+    break training silently). Under DDP every rank gathers statistics on its share of the
+    calibration batches; the sums are all-reduced, rank zero makes the plan and broadcasts it, so
+    every rank ends with the same architecture. Retraining is the fit itself; masks of
+    unstructured/kernel criteria stay applied while training and are made permanent at the end.
+
+    A restarted or requeued job does not prune twice: the checkpoint carries the plan, and the
+    module replays it on a freshly built base network before loading the weights.
+
+    Args:
+        criterion: What to remove (YAML: ``class_path: OCAP`` plus ``init_args``).
+        ratio: Fraction in [0, 1) of prunable filters (or weights) to remove, or with ``target``
+            the realised fraction of MACs/params to remove.
+        scope: ``layer`` removes ``ratio`` of each layer; ``global`` ranks across layers.
+        target: Prune until the realised ``macs`` or ``params`` reduction reaches ``ratio``.
+        ignore: Layer-name patterns (fnmatch) never pruned.
+        skip_first: Number of leading convolutions never pruned.
+        round_to: Keep channel counts multiples of this (hardware-friendly widths).
+        min_channels: Channels every pruned layer keeps at least.
+        cut_head: Replace the classifier by the selected classes' rows (weights copied).
+    """
+
+    def __init__(
+        self,
+        criterion: Criterion,
+        ratio: float = 0.5,
+        scope: Literal["layer", "global"] = "layer",
+        target: Literal["macs", "params"] | None = None,
+        ignore: list[str] | None = None,
+        skip_first: int = 0,
+        round_to: int | None = None,
+        min_channels: int = 1,
+        cut_head: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(criterion, Criterion):
+            raise ConfigError(
+                "criterion must be a capl criterion (e.g. class_path: OCAP), got "
+                f"{type(criterion).__name__}"
+            )
+        self.criterion = criterion
+        self.config = PruningConfig(
+            ratio=ratio,
+            scope=scope,
+            target=target,
+            ignore=list(ignore or []),
+            skip_first=skip_first,
+            round_to=round_to,
+            min_channels=min_channels,
+        )
+        self.cut_head = cut_head
+        self.base_network: nn.Module | None = None
+        self.base_head_classes: list[int] | None = None
+        self.plan: dict[str, Any] | None = None
+        self.timings_s: dict[str, float] = {}
+        self._fit_started: float | None = None
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage not in ("fit", "test", "validate"):
+            return
+        if not isinstance(pl_module, ImageClassifier):
+            raise ConfigError("PruningCallback works with capl's ImageClassifier model")
+        if self.plan is not None:  # fit then test in one process: already pruned
+            return
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "calibration_dataloader"):
+            raise ConfigError("PruningCallback needs a capl ClassSubsetDataModule (data: ...)")
+        pl_module.setup(stage)  # builds the network and the k-way task if not yet done
+        network = pl_module.network
+        assert network is not None and pl_module.rows is not None
+        self.base_network = copy.deepcopy(network).cpu()
+        self.base_head_classes = list(pl_module.head_classes or [])
+        device = trainer.strategy.root_device
+        network.to(device)
+        example = torch.zeros(1, *datamodule.input_shape, device=device)
+
+        start = time.perf_counter()
+        scores = self._select(trainer, network, datamodule, pl_module.rows)
+        selection = time.perf_counter() - start
+
+        start = time.perf_counter()
+        plan = None
+        if trainer.is_global_zero:
+            head_rows = list(pl_module.rows) if self.cut_head else None
+            plan = make_plan(
+                network,
+                self.criterion,
+                scores,
+                self.config,
+                example,
+                head_rows=head_rows,
+                network=pl_module.hparams.network,
+            ).to_dict()
+        plan = trainer.strategy.broadcast(plan, src=0)
+        pl_module.apply_pruning_plan(plan)
+        network = pl_module.network
+        assert network is not None
+        network.cpu()
+        removal = time.perf_counter() - start
+
+        self.plan = plan
+        self.timings_s = {"selection": selection, "removal": removal, "retraining": 0.0}
+        pl_module.pruning_timings = dict(self.timings_s)
+        source = pl_module.weights_source
+        pl_module.base_weights = (
+            str(Path(source).resolve()) if source and Path(source).is_file() else source
+        )
+        pl_module.configure_task(datamodule.class_indices, datamodule.class_names)
+        report = plan.get("report", {})
+        removed = ", ".join(
+            f"{key} {report.get(key + '_removed_fraction', 0.0):.1%}"
+            for key in ("channels", "params", "macs", "nonzero_params")
+        )
+        rank_zero_info(
+            f"capl: pruned with {type(self.criterion).__name__} ({self.config}): removed "
+            f"{removed}; selection {selection:.2f}s, removal {removal:.2f}s"
+        )
+
+    def _select(
+        self, trainer: Trainer, network: nn.Module, datamodule: Any, rows: list[int]
+    ) -> dict[str, Tensor]:
+        layers = prunable_layers(network, self.criterion.granularity)
+        stats: dict[str, Tensor] = {}
+        if self.criterion.requires_data:
+            world, rank = trainer.world_size, trainer.global_rank
+            # a loader built inside a hook is not sharded by Lightning: take every world-th batch
+            shard = (
+                b for i, b in enumerate(datamodule.calibration_dataloader()) if i % world == rank
+            )
+            stats = self.criterion.collect(network, shard, layers, rows)
+            if world > 1:
+                stats = {
+                    k: trainer.strategy.reduce(v.to(trainer.strategy.root_device), reduce_op="sum")
+                    for k, v in sorted(stats.items())
+                }
+        return self.criterion.score(network, layers, stats)
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._fit_started = time.perf_counter()
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._fit_started is not None:
+            timings = getattr(pl_module, "pruning_timings", None) or {}
+            timings["retraining"] = (
+                timings.get("retraining", 0.0) + time.perf_counter() - self._fit_started
+            )
+            self._fit_started = time.perf_counter()
+            pl_module.pruning_timings = timings
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        assert isinstance(pl_module, ImageClassifier) and pl_module.network is not None
+        make_masks_permanent(pl_module.network)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan, "timings_s": self.timings_s}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.plan = state_dict.get("plan")
+        self.timings_s = state_dict.get("timings_s", {})

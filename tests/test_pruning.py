@@ -1,0 +1,466 @@
+"""capl.pruning: exact structured removal, budgets, plans, masks, heads, errors."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+
+import pytest
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from capl.errors import ConfigError
+from capl.models import build_network, find_classifier
+from capl.pruning import (
+    PruningConfig,
+    PruningPlan,
+    apply_plan,
+    conv_linear_macs,
+    make_masks_permanent,
+    make_plan,
+    plan_mask,
+    prunable_layers,
+    pruning_report,
+)
+from capl.strategies import available_criteria
+from capl.strategies import base as strategies_base
+from capl.strategies.base import Criterion
+
+ARCHS = ["resnet18", "resnet50", "vgg16", "vgg16_bn", "mobilenet_v3_large", "efficientnet_b0"]
+SIZE = 16
+CLASSES = 10
+
+
+class _TestL1(Criterion):
+    """Filter L1 norm, for when the real criteria are absent."""
+
+    granularity = "filter"
+    normalization = "l2"
+
+    def score(self, model, layers, stats):
+        return {
+            n: m.weight.detach().abs().flatten(1).sum(1)
+            for n, m in layers.items()
+            if isinstance(m, nn.Conv2d)
+        }
+
+
+class _TestRandomScores(Criterion):
+    """Seeded random scores of any granularity: stands in for data-driven criteria."""
+
+    def __init__(self, granularity: str = "filter", normalization: str = "none", seed: int = 0):
+        self.granularity = granularity
+        self.normalization = normalization
+        self.seed = seed
+
+    def score(self, model, layers, stats):
+        gen = torch.Generator().manual_seed(self.seed)
+        out = {}
+        for name, m in layers.items():
+            shape = {
+                "filter": m.weight.shape[:1],
+                "kernel": m.weight.shape[:2],
+                "weight": m.weight.shape,
+            }[self.granularity]
+            out[name] = torch.rand(shape, generator=gen)
+        return out
+
+
+# test-only criteria must not show up in other test files' registry-wide contract tests
+for _cls in (_TestL1, _TestRandomScores):
+    strategies_base._REGISTRY.pop(_cls.__name__, None)
+
+
+def _real(granularity: str) -> list[type[Criterion]]:
+    return [c for c in available_criteria().values() if c.granularity == granularity]
+
+
+def _structured_free() -> list[type[Criterion]]:
+    found = [c for c in _real("filter") if not c.requires_data]
+    return found or [_TestL1]
+
+
+@functools.cache
+def _base(arch: str) -> nn.Module:
+    torch.manual_seed(0)
+    net = build_network(arch, CLASSES, small_input=True)
+    # non-trivial BN statistics and affine terms: a coupled channel that is not zeroed (or not
+    # removed) would leak its BN bias downstream and show in the outputs
+    gen = torch.Generator().manual_seed(1)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.weight.data = torch.rand(c, generator=gen) + 0.5
+            m.bias.data = torch.randn(c, generator=gen) * 0.2
+            m.running_mean = torch.randn(c, generator=gen) * 0.2
+            m.running_var = torch.rand(c, generator=gen) + 0.5
+    return net.eval()
+
+
+def _net(arch: str) -> nn.Module:
+    return copy.deepcopy(_base(arch))
+
+
+def _x(batch: int = 2) -> Tensor:
+    return torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+
+
+def _scores(criterion: Criterion, model: nn.Module) -> dict[str, Tensor]:
+    return criterion.score(model, prunable_layers(model, criterion.granularity), {})
+
+
+def _plan(arch: str, criterion: Criterion | None = None, **config) -> tuple[nn.Module, PruningPlan]:
+    model = _net(arch)
+    criterion = criterion or _structured_free()[0]()
+    plan = make_plan(model, criterion, _scores(criterion, model), PruningConfig(**config), _x())
+    return model, plan
+
+
+def _zeroed_reference(model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """The unpruned network with every coupled copy of the removed channels zeroed.
+
+    Output channels of convs (weights and bias) and BNs (gamma and beta) in each dependency
+    group are set to zero, so the channel is exactly zero wherever it flows (residual adds,
+    depthwise convs, squeeze-excitation products); its consumers then add nothing for it.
+    """
+    ref = copy.deepcopy(model).eval()
+    graph = tp.DependencyGraph().build_dependency(ref, _x()[:1], verbose=False)
+    with torch.no_grad():
+        for key, idxs in plan.removed:
+            module = ref.get_submodule(key)
+            fn = graph.get_pruner_of_module(module).prune_out_channels
+            for item in graph.get_pruning_group(module, fn, idxs).items:
+                target = item.dep.target.module
+                if not graph.is_out_channel_pruning_fn(item.dep.handler):
+                    continue
+                if isinstance(target, (nn.Conv2d, nn.BatchNorm2d)):
+                    index = torch.as_tensor(item.idxs)
+                    target.weight[index] = 0
+                    if target.bias is not None:
+                        target.bias[index] = 0
+    return ref
+
+
+def _assert_equivalent(model: nn.Module, plan: PruningPlan) -> None:
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    reference = _zeroed_reference(model, plan)
+    x = _x()
+    with torch.no_grad():
+        expected, got = reference(x), pruned.eval()(x)
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(got, expected, atol=1e-4 * scale + 1e-6, rtol=1e-4)
+    # the removal is physical: fewer parameters, each key conv narrower by its removed count
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    for key, idxs in plan.removed:
+        before, after = model.get_submodule(key), pruned.get_submodule(key)
+        assert after.out_channels == before.out_channels - len(idxs)
+        assert after.weight.shape[0] == after.out_channels
+
+
+# ---------------------------------------------------------------------------------------------
+# exactness
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_physical_removal_equals_zeroed_channels(arch: str) -> None:
+    for cls in _structured_free():
+        model, plan = _plan(arch, cls(), ratio=0.4)
+        assert plan.removed, f"{cls.__name__} removed nothing on {arch}"
+        _assert_equivalent(model, plan)
+    model, plan = _plan(arch, _TestRandomScores(), ratio=0.5, scope="global")
+    _assert_equivalent(model, plan)
+    # the cost model the target search uses is exact (real counts on the pruned network)
+    selection = plan.report["selection"]
+    assert selection["estimated_macs_removed_fraction"] == pytest.approx(
+        plan.report["macs_removed_fraction"], abs=1e-12
+    )
+    assert selection["estimated_params_removed_fraction"] == pytest.approx(
+        plan.report["params_removed_fraction"], abs=1e-12
+    )
+
+
+def test_data_driven_criteria_structured_equivalence() -> None:
+    """Data-driven criteria's normalisations, with stand-in scores (real ones need data)."""
+    driven = [c for c in _real("filter") if c.requires_data] or [_TestL1]
+    for cls in driven:
+        criterion = _TestRandomScores(normalization=cls.normalization)
+        model, plan = _plan("mobilenet_v3_large", criterion, ratio=0.5, scope="global")
+        _assert_equivalent(model, plan)
+
+
+def test_residual_groups_prune_block_outputs_and_downsample() -> None:
+    model, plan = _plan("resnet18", ratio=0.5)
+    assert "conv1" in {k for k, _ in plan.removed}
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    for name in ("layer1.1.conv2", "layer2.0.downsample.0", "layer4.1.conv2"):
+        assert pruned.get_submodule(name).out_channels < model.get_submodule(name).out_channels
+
+
+# ---------------------------------------------------------------------------------------------
+# budgets and constraints
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_large", "efficientnet_b0"])
+@pytest.mark.parametrize("ratio", [0.2, 0.5])
+def test_layer_scope_realises_the_ratio(arch: str, ratio: float) -> None:
+    _, plan = _plan(arch, ratio=ratio)
+    realised = plan.report["channels_removed_fraction"]
+    assert realised == pytest.approx(ratio, abs=0.03)
+    for key, idxs in plan.removed:
+        channels = plan.report["layers"][key]["channels_before"]
+        assert len(idxs) == max(0, min(channels - 1, int(ratio * channels + 0.5)))
+
+
+def test_global_scope_ranks_across_layers() -> None:
+    _, plan = _plan("resnet18", _TestRandomScores(), ratio=0.5, scope="global")
+    assert plan.report["channels_removed_fraction"] == pytest.approx(0.5, abs=0.02)
+    fractions = {len(idxs) / plan.report["layers"][k]["channels_before"] for k, idxs in plan.removed}
+    assert len(fractions) > 1  # not a uniform per-layer cut
+
+
+def test_round_to_keeps_multiples() -> None:
+    for arch in ("resnet18", "efficientnet_b0"):
+        model, plan = _plan(arch, ratio=0.3, round_to=8)
+        assert plan.removed
+        for key, idxs in plan.removed:
+            kept = model.get_submodule(key).out_channels - len(idxs)
+            assert kept % 8 == 0, (arch, key, kept)
+
+
+def test_skip_first_and_ignore() -> None:
+    model, plan = _plan("resnet18", ratio=0.5, skip_first=1, ignore=["layer4.*"])
+    layers = plan.report["layers"]
+    assert layers["conv1"]["channels_after"] == layers["conv1"]["channels_before"]
+    # conv1 is coupled with layer1's block outputs through the residual adds
+    assert layers["layer1.0.conv2"]["channels_after"] == layers["layer1.0.conv2"]["channels_before"]
+    for name, entry in layers.items():
+        if name.startswith("layer4."):
+            assert entry["channels_after"] == entry["channels_before"], name
+    assert layers["layer2.0.conv1"]["channels_after"] < layers["layer2.0.conv1"]["channels_before"]
+    model2, plan2 = _plan("mobilenet_v3_large", ratio=0.5, skip_first=1)
+    first = plan2.report["layers"]["features.0.0"]
+    assert first["channels_after"] == first["channels_before"]
+
+
+def test_classifier_outputs_are_never_pruned() -> None:
+    model, plan = _plan("vgg16", ratio=0.5, scope="global")
+    name, _ = find_classifier(model)
+    assert plan.report["layers"][name]["channels_after"] == CLASSES
+
+
+def test_target_macs_reaches_budget() -> None:
+    _, plan = _plan("resnet18", ratio=0.5, target="macs")
+    assert plan.report["macs_removed_fraction"] == pytest.approx(0.5, abs=0.02)
+    _, plan = _plan("mobilenet_v3_large", _TestRandomScores(), ratio=0.4, target="params",
+                    scope="global")  # fmt: skip
+    assert plan.report["params_removed_fraction"] == pytest.approx(0.4, abs=0.02)
+
+
+def test_target_counts_the_class_subset_head() -> None:
+    model = _net("resnet18")
+    criterion = _TestL1()
+    config = PruningConfig(ratio=0.3, target="params")
+    plan = make_plan(model, criterion, _scores(criterion, model), config, _x(), head_rows=[1, 2])
+    assert plan.report["params_removed_fraction"] == pytest.approx(0.3, abs=0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+# plans: serialisation, replay, determinism
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_large"])
+def test_plan_json_round_trip_replays_on_fresh_model(arch: str) -> None:
+    torch.manual_seed(7)
+    model = build_network(arch, CLASSES, small_input=True).eval()
+    state = copy.deepcopy(model.state_dict())
+    criterion = _TestRandomScores(seed=3)
+    config = PruningConfig(ratio=0.4, scope="global", round_to=4)
+    plan = make_plan(model, criterion, _scores(criterion, model), config, _x(), head_rows=[2, 0])
+    text = json.dumps(plan.to_dict())
+    pruned = apply_plan(model, plan).eval()
+
+    torch.manual_seed(99)
+    fresh = build_network(arch, CLASSES, small_input=True)
+    fresh.load_state_dict(state)
+    replayed = apply_plan(fresh, PruningPlan.from_dict(json.loads(text))).eval()
+    shapes = {k: tuple(v.shape) for k, v in pruned.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in replayed.state_dict().items()}
+    with torch.no_grad():
+        torch.testing.assert_close(replayed(_x()), pruned(_x()), rtol=0, atol=0)
+    assert PruningPlan.from_dict(json.loads(text)).to_dict() == json.loads(text)
+
+
+def test_same_inputs_same_plan() -> None:
+    for criterion in (_TestL1(), _TestRandomScores(granularity="weight")):
+        plans = []
+        for _ in range(2):
+            model = _net("resnet18")
+            config = PruningConfig(ratio=0.5, scope="global", target="macs")
+            plans.append(make_plan(model, criterion, _scores(criterion, model), config, _x()))
+        assert json.dumps(plans[0].to_dict()) == json.dumps(plans[1].to_dict())
+
+
+def test_scores_reused_across_ratios() -> None:
+    model = _net("resnet50")
+    criterion = _TestL1()
+    scores = _scores(criterion, model)
+    removed = []
+    for ratio in (0.1, 0.3, 0.6):
+        plan = make_plan(model, criterion, scores, PruningConfig(ratio=ratio), _x())
+        removed.append(plan.report["channels_removed_fraction"])
+    assert removed == sorted(removed) and removed[0] < removed[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# masks
+
+
+def _mask_criteria() -> list[Criterion]:
+    found = [c() for c in _real("weight") + _real("kernel") if not c.requires_data]
+    return found or [_TestRandomScores(granularity="weight"), _TestRandomScores(granularity="kernel")]
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_masks_realise_ratio_and_survive_training(scope: str) -> None:
+    for criterion in _mask_criteria():
+        model = _net("resnet18")
+        scores = _scores(criterion, model)
+        plan = make_plan(model, criterion, scores, PruningConfig(ratio=0.5, scope=scope), _x())
+        assert plan.masks and not plan.removed
+        kept = sum(int(plan_mask(plan, n).sum()) for n in plan.masks)
+        units = sum(plan_mask(plan, n).numel() for n in plan.masks)
+        assert (units - kept) / units == pytest.approx(0.5, abs=len(plan.masks) / units + 1e-9)
+        if scope == "layer":
+            for name in plan.masks:
+                mask = plan_mask(plan, name)
+                assert mask.numel() - int(mask.sum()) == int(0.5 * mask.numel() + 0.5)
+
+        model.train()
+        apply_plan(model, plan)
+        zeros = {n: m.weight == 0 for n, m in model.named_modules() if hasattr(m, "weight_mask")}
+        assert set(zeros) == set(plan.masks)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(2):
+            opt.zero_grad()
+            model(_x()).square().mean().backward()
+            opt.step()
+        for name, was_zero in zeros.items():
+            assert (model.get_submodule(name).weight[was_zero] == 0).all()
+        make_masks_permanent(model)
+        for name, was_zero in zeros.items():
+            module = model.get_submodule(name)
+            assert not hasattr(module, "weight_mask") and isinstance(module.weight, nn.Parameter)
+            assert (module.weight[was_zero] == 0).all()
+
+
+def test_mask_target_macs_counts_nonzero_work() -> None:
+    model = _net("resnet18")
+    criterion = _TestRandomScores(granularity="kernel")
+    config = PruningConfig(ratio=0.5, target="macs", scope="global")
+    plan = make_plan(model, criterion, _scores(criterion, model), config, _x())
+    assert plan.report["nonzero_macs_removed_fraction"] == pytest.approx(0.5, abs=0.01)
+    assert plan.report["macs_removed_fraction"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# class-subset head
+
+
+def test_head_rows_keep_the_original_logits() -> None:
+    model = _net("resnet18")
+    criterion = _TestL1()
+    scores = _scores(criterion, model)
+    plan = make_plan(model, criterion, scores, PruningConfig(ratio=0.0), _x(), head_rows=[3, 5])
+    cut = apply_plan(copy.deepcopy(model), plan)
+    with torch.no_grad():
+        torch.testing.assert_close(cut(_x()), model(_x())[:, [3, 5]])
+    pruned_plan = make_plan(model, criterion, scores, PruningConfig(ratio=0.5), _x())
+    both_plan = make_plan(model, criterion, scores, PruningConfig(ratio=0.5), _x(), head_rows=[3, 5])
+    pruned = apply_plan(copy.deepcopy(model), pruned_plan)
+    both = apply_plan(copy.deepcopy(model), both_plan)
+    with torch.no_grad():
+        torch.testing.assert_close(both(_x()), pruned(_x())[:, [3, 5]])
+
+
+# ---------------------------------------------------------------------------------------------
+# reports
+
+
+def test_report_counts_match_benchmark() -> None:
+    torch.manual_seed(0)
+    net = build_network("resnet18", 1000).eval()
+    macs = sum(v["macs"] for v in conv_linear_macs(net, torch.zeros(1, 3, 224, 224)).values())
+    assert macs == pytest.approx(1.814e9, rel=1e-3)
+    counting = pytest.importorskip("capl.benchmark.counting")
+    model, plan = _plan("mobilenet_v3_large", ratio=0.5)
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    report = pruning_report(model, pruned, _x())
+    assert report["macs_after"] == counting.count_conv_linear_macs(pruned, (3, SIZE, SIZE))
+    assert report["params_after"] == counting.count_params(pruned)
+    assert report == {k: v for k, v in plan.report.items() if k != "selection"}
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"ratio": -0.1}, "ratio"),
+        ({"ratio": 1.0}, "ratio"),
+        ({"ratio": 0.5, "scope": "net"}, "scope"),
+        ({"ratio": 0.5, "target": "flops"}, "target"),
+        ({"ratio": 0.5, "skip_first": -1}, "skip_first"),
+        ({"ratio": 0.5, "round_to": 0}, "round_to"),
+        ({"ratio": 0.5, "min_channels": -1}, "min_channels"),
+        ({"ratio": 0.5, "ignore": "layer1.*"}, "ignore"),
+    ],
+)
+def test_config_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        PruningConfig(**kwargs)
+
+
+def test_plan_errors() -> None:
+    model = _net("resnet18")
+    criterion = _TestL1()
+    scores = _scores(criterion, model)
+    x = _x()
+    with pytest.raises(ConfigError, match="layer9"):
+        make_plan(model, criterion, scores, PruningConfig(0.5, ignore=["layer9.*"]), x)
+    with pytest.raises(ConfigError, match="head rows"):
+        make_plan(model, criterion, scores, PruningConfig(0.5), x, head_rows=[3, 10])
+    with pytest.raises(ConfigError, match="every unit"):
+        make_plan(model, criterion, scores, PruningConfig(0.999, min_channels=0), x)
+    with pytest.raises(ConfigError, match="unreachable"):
+        make_plan(model, criterion, scores, PruningConfig(0.999, target="macs", min_channels=8), x)
+    with pytest.raises(ConfigError, match="expected"):
+        make_plan(model, criterion, {"conv1": torch.ones(3)}, PruningConfig(0.5), x)
+    masks = _TestRandomScores(granularity="weight")
+    with pytest.raises(ConfigError, match="every unit"):
+        make_plan(model, masks, _scores(masks, model), PruningConfig(0.9999, min_channels=0), x)
+    plan = make_plan(model, criterion, scores, PruningConfig(0.5), x)
+    with pytest.raises(ConfigError, match="does not match"):
+        apply_plan(build_network("resnet18", 5, small_input=True), plan)
+    with pytest.raises(ConfigError, match="version"):
+        PruningPlan.from_dict({**plan.to_dict(), "version": 0})
+
+
+# ---------------------------------------------------------------------------------------------
+# contract with every registered criterion
+
+
+@pytest.mark.parametrize("name", sorted(available_criteria()))
+def test_every_data_free_criterion_plans_and_applies(name: str) -> None:
+    cls = available_criteria()[name]
+    if cls.requires_data:
+        pytest.skip(f"{name} needs calibration data; covered with stand-in scores above")
+    model, plan = _plan("mobilenet_v3_large", cls(), ratio=0.3, scope="global")
+    assert plan.criterion["name"] == name and plan.granularity == cls.granularity
+    pruned = apply_plan(copy.deepcopy(model), PruningPlan.from_dict(plan.to_dict()))
+    with torch.no_grad():
+        assert pruned.eval()(_x()).shape == (2, CLASSES)
+    assert plan.report["weights_removed_fraction"] > 0.1
