@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
+import json
 import logging
 import time
 from pathlib import Path
@@ -15,6 +18,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from capl.errors import ConfigError
+from capl.io import write_bytes_atomic
 from capl.module import ImageClassifier
 from capl.pruning import PruningConfig, make_masks_permanent, make_plan, prunable_layers
 from capl.strategies import Criterion
@@ -46,6 +50,9 @@ class PruningCallback(Callback):
         round_to: Keep channel counts multiples of this (hardware-friendly widths).
         min_channels: Channels every pruned layer keeps at least.
         cut_head: Replace the classifier by the selected classes' rows (weights copied).
+        score_cache: Folder where scores are kept, keyed by the criterion's settings, the base
+            network's weights, the classes and the calibration data; a sweep computes a
+            criterion's scores once and reuses them for every ratio.
     """
 
     def __init__(
@@ -59,6 +66,7 @@ class PruningCallback(Callback):
         round_to: int | None = None,
         min_channels: int = 1,
         cut_head: bool = True,
+        score_cache: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(criterion, Criterion):
@@ -77,6 +85,8 @@ class PruningCallback(Callback):
             min_channels=min_channels,
         )
         self.cut_head = cut_head
+        self.score_cache = score_cache
+        self.scores_from_cache = False
         self.base_network: nn.Module | None = None
         self.base_head_classes: list[int] | None = None
         self.plan: dict[str, Any] | None = None
@@ -149,6 +159,10 @@ class PruningCallback(Callback):
         self, trainer: Trainer, network: nn.Module, datamodule: Any, rows: list[int]
     ) -> dict[str, Tensor]:
         layers = prunable_layers(network, self.criterion.granularity)
+        cache = self._cache_path(network, datamodule, trainer.world_size)
+        if cache is not None and cache.is_file():
+            self.scores_from_cache = True
+            return torch.load(cache, map_location="cpu", weights_only=True)
         stats: dict[str, Tensor] = {}
         if self.criterion.requires_data:
             world, rank = trainer.world_size, trainer.global_rank
@@ -162,7 +176,31 @@ class PruningCallback(Callback):
                     k: trainer.strategy.reduce(v.to(trainer.strategy.root_device), reduce_op="sum")
                     for k, v in sorted(stats.items())
                 }
-        return self.criterion.score(network, layers, stats)
+        scores = self.criterion.score(network, layers, stats)
+        if cache is not None and trainer.is_global_zero:
+            buffer = io.BytesIO()
+            torch.save({k: v.detach().cpu() for k, v in scores.items()}, buffer)
+            write_bytes_atomic(cache, buffer.getvalue())
+        return scores
+
+    def _cache_path(self, network: nn.Module, datamodule: Any, world_size: int) -> Path | None:
+        if self.score_cache is None:
+            return None
+        digest = hashlib.sha256()
+        key = {
+            "criterion": self.criterion.settings(),
+            "classes": list(datamodule.class_indices),
+            "dataset": getattr(datamodule, "name", type(datamodule).__name__),
+            "calibration": [datamodule.calibration_samples_per_class, datamodule.seed],
+            "input_shape": list(datamodule.input_shape),
+            "world_size": world_size,
+        }
+        digest.update(json.dumps(key, sort_keys=True, default=str).encode())
+        for name, tensor in network.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        name = f"{type(self.criterion).__name__}-{digest.hexdigest()[:20]}.pt"
+        return Path(self.score_cache) / name
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
