@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any

@@ -490,7 +490,11 @@ def _group_score(group: ChannelGroup, scores: dict[str, Tensor]) -> Tensor | Non
 
 
 class _MaskProblem(_Problem):
-    """Weight / kernel masks: rank single weights or whole k x k kernels."""
+    """Weight / kernel masks: rank single weights or whole k x k kernels.
+
+    Millions of units: no full sort unless a global target search needs one; the removed set of
+    a layer is its ``n`` lowest scores (ties broken by position), found with ``kthvalue``.
+    """
 
     def __init__(
         self,
@@ -512,10 +516,9 @@ class _MaskProblem(_Problem):
         _check_names(scores, structure)
         self.names: list[str] = []
         self.shapes: list[tuple[int, ...]] = []
-        self.orders: list[Tensor] = []
+        self.flat: list[Tensor] = []
         self.unit_macs: list[int] = []
         self.unit_params: list[int] = []
-        flat_scores: list[Tensor] = []
         for name in sorted(scores, key=lambda n: structure.layers[n].order
                            if n in structure.layers else 1 << 30):  # fmt: skip
             layer = structure.layers.get(name)
@@ -529,16 +532,17 @@ class _MaskProblem(_Problem):
             per_unit = weight[0, 0].numel() if granularity == "kernel" else 1
             self.names.append(name)
             self.shapes.append(shape)
-            self.orders.append(torch.sort(s, stable=True).indices)
+            self.flat.append(s.float())
             self.unit_params.append(per_unit)
             self.unit_macs.append(per_unit * layer.positions)
-            flat_scores.append(s)
-        self.units = [o.numel() for o in self.orders]
-        if config.scope == "global" and self.names:
+        self.units = [s.numel() for s in self.flat]
+        self._memo: dict[int, list[int]] = {}
+        self.sorted_lid: Tensor | None = None
+        if config.scope == "global" and self.names and config.target is not None:
             lid = torch.cat(
-                [torch.full((u,), i, dtype=torch.long) for i, u in enumerate(self.units)]
+                [torch.full((u,), i, dtype=torch.int32) for i, u in enumerate(self.units)]
             )
-            self.sorted_lid = lid[torch.sort(torch.cat(flat_scores), stable=True).indices]
+            self.sorted_lid = lid[_ordered(torch.cat(self.flat))]
         if config.ratio > 0 and not self.names:
             raise ConfigError(
                 "no prunable layer left (all ignored, skipped or unscored): relax ignore / "
@@ -548,8 +552,15 @@ class _MaskProblem(_Problem):
     def _raw(self, r: float) -> list[int]:
         if self.config.scope == "layer":
             return [_round_half_up(r * u) for u in self.units]
-        m = _round_half_up(r * len(self.sorted_lid))
-        return torch.bincount(self.sorted_lid[:m], minlength=len(self.names)).tolist()
+        m = _round_half_up(r * sum(self.units))
+        if m not in self._memo:
+            if self.sorted_lid is not None:
+                counts = torch.bincount(self.sorted_lid[:m], minlength=len(self.names))
+            else:
+                lowest = _lowest(torch.cat(self.flat), m)
+                counts = torch.stack([part.sum() for part in lowest.split(self.units)])
+            self._memo[m] = [int(c) for c in counts]
+        return self._memo[m]
 
     def counts(self, r: float) -> list[int] | None:
         out = []
@@ -577,10 +588,36 @@ class _MaskProblem(_Problem):
         }
 
     def fill(self, plan: PruningPlan, counts: list[int]) -> None:
-        for name, shape, order, n in zip(self.names, self.shapes, self.orders, counts):
-            keep = torch.ones(order.numel(), dtype=torch.bool)
-            keep[order[:n]] = False
-            plan.masks[name] = {"shape": list(shape), "keep": _pack(keep)}
+        # a layer's share of the global lowest m is its own lowest n (same tie order), and a
+        # clamped layer keeps its top units, so per-layer selection reproduces both scopes
+        for name, shape, s, n in zip(self.names, self.shapes, self.flat, counts):
+            plan.masks[name] = {"shape": list(shape), "keep": _pack(~_lowest(s, n))}
+
+
+def _lowest(s: Tensor, n: int) -> Tensor:
+    """Bool mask of the ``n`` lowest entries of 1-D ``s``; ties go to the lower position."""
+    mask = torch.zeros(s.numel(), dtype=torch.bool)
+    if n <= 0:
+        return mask
+    if n >= s.numel():
+        return ~mask
+    v = torch.kthvalue(s, n).values
+    mask = s < v
+    missing = n - int(mask.sum())
+    mask[(s == v).nonzero().flatten()[:missing]] = True
+    return mask
+
+
+def _ordered(s: Tensor) -> Tensor:
+    """Ascending order of float32 ``s`` with ties by position, via unique int64 sort keys.
+
+    Sorting ``(order-preserving int of the float bits, position)`` is a deterministic stable
+    sort at half the cost of ``torch.sort(stable=True)`` on millions of scores.
+    """
+    bits = s.contiguous().view(torch.int32)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
+    keys = (ordered << 32) | torch.arange(s.numel(), dtype=torch.long)
+    return torch.sort(keys).indices
 
 
 def _pack(keep: Tensor) -> str:
