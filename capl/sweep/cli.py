@@ -1,5 +1,132 @@
-"""Console entry points of the sweep tools (``capl-report``; the sweep runner adds its own)."""
+"""Console entry points of the sweep tools: ``capl-sweep``, ``capl-report``, ``capl-sensitivity``.
 
+Library code logs; these entry points print one summary line (stdout) or one error line
+(stderr, exit code 2 for user errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from capl.errors import ConfigError
 from capl.sweep.report import report_main
 
-__all__ = ["report_main"]
+__all__ = ["report_main", "sensitivity_main", "sweep_main"]
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+
+
+def _fail(prog: str, err: BaseException) -> None:
+    sys.stderr.write(f"{prog}: error: {err}\n")
+    raise SystemExit(2) from None
+
+
+def sweep_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``capl-sweep --config FILE --output DIR [--index N | --merge] [--dry-run]``.
+
+    Without ``--index``/``--merge`` every unfinished point runs in this process, then
+    ``results.csv``, ``report.md`` and plots are written. ``--index N`` (default
+    ``$SLURM_ARRAY_TASK_ID`` when set) runs point N only; ``--merge`` only collects the records.
+
+    Returns:
+        0 when every point that ran succeeded, 1 when some failed.
+
+    Raises:
+        SystemExit: Code 2 after a one-line error (invalid sweep file, index out of range, ...).
+    """
+    parser = argparse.ArgumentParser(
+        prog="capl-sweep",
+        description="Run a capl sweep (criteria x ratios x scopes x targets x classes x seeds x "
+        "retraining), resumable; one point per process for SLURM job arrays.",
+    )
+    parser.add_argument("--config", required=True, type=Path, help="sweep YAML")
+    parser.add_argument("--output", required=True, type=Path, help="sweep output folder")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--index", type=int, default=None,
+                      help="run only point N (default $SLURM_ARRAY_TASK_ID if set)")
+    mode.add_argument("--merge", action="store_true",
+                      help="only collect point records into results.csv, report.md, plots")
+    mode.add_argument("--base-only", action="store_true",
+                      help="only train (or find) the base model, e.g. before a job array")
+    parser.add_argument("--dry-run", action="store_true", help="list the points and exit")
+    parser.add_argument("--force", action="store_true", help="rerun finished points too")
+    parser.add_argument("--no-plots", action="store_true", help="write report.md without plots")
+    args = parser.parse_args(None if argv is None else list(argv))
+
+    from capl.sweep.grid import expand_grid, load_sweep_config
+    from capl.sweep.runner import SweepRun, describe, run_sweep
+
+    index = args.index
+    if index is None and not (args.merge or args.base_only or args.dry_run):
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        if task is not None and task.strip().isdigit():
+            index = int(task)
+    try:
+        config = load_sweep_config(args.config)
+        if args.dry_run:
+            points, skipped = expand_grid(config)
+            output = args.output if args.output.is_dir() else None
+            sys.stdout.write(describe(SweepRun(points, skipped), output) + "\n")
+            return 0
+        _setup_logging()
+        run = run_sweep(config, args.output, index=index, merge=args.merge,
+                        base_only=args.base_only, plots=not args.no_plots, force=args.force)
+    except ConfigError as err:
+        _fail("capl-sweep", err)
+    if args.base_only:
+        sys.stdout.write(f"capl-sweep: base model ready ({run.base_seconds:.1f}s)\n")
+        return 0
+    if args.merge:
+        sys.stdout.write(f"capl-sweep: merged {run.rows} rows of {len(run.points)} points into "
+                         f"{args.output}\n")
+        return 0
+    failed = run.failed
+    sys.stdout.write(
+        f"capl-sweep: {len(run.ran)} points run ({len(failed)} failed), "
+        f"{len(run.already_done)} already done, {len(run.skipped)} skipped; "
+        f"{run.seconds:.1f}s (base {run.base_seconds:.1f}s); output {args.output}\n"
+    )
+    for result in failed:
+        sys.stdout.write(f"  failed {result.point_id}: {result.error}\n")
+    return 1 if failed else 0
+
+
+def sensitivity_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``capl-sensitivity --config FILE --output DIR``: per-layer pruning scan.
+
+    Returns:
+        0 on success.
+
+    Raises:
+        SystemExit: Code 2 after a one-line error on stderr.
+    """
+    parser = argparse.ArgumentParser(
+        prog="capl-sensitivity",
+        description="Prune one layer at a time at several ratios and record the accuracy; "
+        "writes sensitivity.csv, sensitivity.png and suggestion.json.",
+    )
+    parser.add_argument("--config", required=True, type=Path, help="sensitivity YAML")
+    parser.add_argument("--output", required=True, type=Path, help="output folder")
+    args = parser.parse_args(None if argv is None else list(argv))
+
+    from capl.sweep.sensitivity import load_sensitivity_config, run_sensitivity
+
+    try:
+        config = load_sensitivity_config(args.config)
+        _setup_logging()
+        result = run_sensitivity(config, args.output)
+    except ConfigError as err:
+        _fail("capl-sensitivity", err)
+    sys.stdout.write(
+        f"capl-sensitivity: {len(result.layers)} layers x {len(config.ratios)} ratios, base "
+        f"accuracy {result.base_accuracy:.4f}; wrote sensitivity.csv, sensitivity.png, "
+        f"suggestion.json to {args.output}\n"
+    )
+    return 0

@@ -1,0 +1,663 @@
+"""The sweep YAML: typed settings, eager validation and the grid of points.
+
+A sweep file has these sections (only ``base``, ``data`` and ``grid`` are required)::
+
+    name: demo                       # free text, shown in logs
+    base:                            # the model every point prunes
+      network: resnet20
+      small_input: true
+      num_classes: 10                # head rows of the base model
+      checkpoint: null               # a state_dict / Lightning checkpoint path or a torchvision
+                                     # weights name (IMAGENET1K_V1); null -> train it (below)
+      train:                         # used only without checkpoint; cached in OUTPUT/base/<hash>
+        max_epochs: 5
+        seed: 0
+        optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.05, momentum: 0.9}}
+        lr_scheduler: null
+        data: {classes: null}        # DataModule init_args overrides (default: all classes)
+        trainer: {}                  # further Trainer options
+    data:                            # as ``data:`` in capl configs
+      class_path: capl.datamodules.DigitsSubset
+      init_args: {batch_size: 64, calibration_samples_per_class: 16}
+    grid:
+      criteria:                      # short names or class_path/init_args (+ optional name,
+        - OCAP                       #   ratios, scopes, targets overriding the grid's lists)
+        - {class_path: LRP, init_args: {composite: auto}, ratios: [0.3, 0.5]}
+      ratios: [0.3, 0.5, 0.7]
+      scopes: [global]               # layer and/or global
+      targets: [macs]                # null, macs and/or params
+      classes: [[3, 5, 8]]           # class subsets; default the data section's classes
+      seeds: [0]
+      retrain_epochs: [0, 1]         # 0 = prune and measure only
+    pruning: {ignore: [], skip_first: 0, round_to: null, min_channels: 1, cut_head: true}
+    retrain:                         # for points with retrain_epochs > 0
+      optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.01, momentum: 0.9}}
+      lr_scheduler: null
+      early_stopping_patience: null
+      trainer: {}                    # e.g. limit_train_batches
+    benchmark: {batch_sizes: [1, 32], backends: [torch, onnxruntime], warmup: 5, repeats: 20,
+                min_time_s: 0.5, ort_threads: null, device: null}
+    trainer: {accelerator: cpu, devices: 1}   # Trainer options shared by every run
+
+Every problem is reported as a one-line :class:`~capl.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from capl.errors import ConfigError
+
+__all__ = [
+    "BaseSpec",
+    "BenchmarkSpec",
+    "CriterionSpec",
+    "GridSpec",
+    "Point",
+    "PruningSpec",
+    "RetrainSpec",
+    "Skipped",
+    "SweepConfig",
+    "TrainSpec",
+    "expand_grid",
+    "load_sweep_config",
+    "parse_sweep_config",
+    "stable_hash",
+]
+
+_SCOPES = ("layer", "global")
+_TARGETS = (None, "macs", "params")
+_BACKENDS = ("torch", "onnxruntime")
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    """Hex digest of ``obj``'s canonical JSON (sorted keys): equal settings, equal hash."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+# --------------------------------------------------------------------------------------------
+# Typed sections
+
+
+@dataclass
+class TrainSpec:
+    """How the sweep trains the base model when no checkpoint is given."""
+
+    max_epochs: int = 10
+    seed: int = 0
+    optimizer: dict[str, Any] | None = None
+    lr_scheduler: dict[str, Any] | None = None
+    data: dict[str, Any] = field(default_factory=lambda: {"classes": None})
+    trainer: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BaseSpec:
+    """The base model every grid point starts from."""
+
+    network: str
+    small_input: bool = False
+    num_classes: int | None = None
+    checkpoint: str | None = None
+    train: TrainSpec | None = None
+
+
+@dataclass
+class CriterionSpec:
+    """One criterion of the grid, with optional per-criterion grid overrides."""
+
+    class_path: str
+    init_args: dict[str, Any]
+    label: str
+    ratios: list[float] | None = None
+    scopes: list[str] | None = None
+    targets: list[str | None] | None = None
+
+    @property
+    def class_name(self) -> str:
+        """The criterion's class name (``OCAP``)."""
+        return self.class_path.rsplit(".", 1)[-1]
+
+    def criterion_class(self) -> type:
+        """Import the criterion class."""
+        module, _, name = self.class_path.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
+
+@dataclass
+class GridSpec:
+    """The lists whose product is the sweep."""
+
+    criteria: list[CriterionSpec]
+    ratios: list[float]
+    scopes: list[str] = field(default_factory=lambda: ["global"])
+    targets: list[str | None] = field(default_factory=lambda: [None])
+    classes: list[Any] = field(default_factory=lambda: [None])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    retrain_epochs: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class PruningSpec:
+    """PruningCallback options shared by every point."""
+
+    ignore: list[str] = field(default_factory=list)
+    skip_first: int = 0
+    round_to: int | None = None
+    min_channels: int = 1
+    cut_head: bool = True
+
+
+@dataclass
+class RetrainSpec:
+    """Retraining options for points with ``retrain_epochs > 0``."""
+
+    optimizer: dict[str, Any] | None = None
+    lr_scheduler: dict[str, Any] | None = None
+    early_stopping_patience: int | None = None
+    trainer: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchmarkSpec:
+    """BenchmarkCallback options shared by every point."""
+
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    backends: list[str] = field(default_factory=lambda: ["torch", "onnxruntime"])
+    warmup: int = 5
+    repeats: int = 20
+    min_time_s: float = 0.5
+    ort_threads: int | None = None
+    device: str | None = None
+
+
+@dataclass
+class SweepConfig:
+    """A whole sweep file, validated."""
+
+    base: BaseSpec
+    data: dict[str, Any]
+    grid: GridSpec
+    name: str = "sweep"
+    pruning: PruningSpec = field(default_factory=PruningSpec)
+    retrain: RetrainSpec = field(default_factory=RetrainSpec)
+    benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec)
+    trainer: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """Hash of everything but the grid: points of one output folder must share it."""
+        settings = asdict(self)
+        for key in ("grid", "name"):
+            settings.pop(key)
+        return stable_hash(settings)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: a criterion at a ratio, scope, target, class subset, seed and retraining."""
+
+    index: int
+    point_id: str
+    criterion: CriterionSpec
+    ratio: float
+    scope: str
+    target: str | None
+    classes: Any
+    seed: int
+    retrain_epochs: int
+
+    def criterion_init_args(self) -> dict[str, Any]:
+        """The criterion's init_args; Random draws with the point's seed unless told otherwise."""
+        args = dict(self.criterion.init_args)
+        if self.criterion.class_name == "Random":
+            args.setdefault("seed", self.seed)
+        return args
+
+    def settings(self, network: str | None = None) -> dict[str, Any]:
+        """The point's settings in ``benchmark.json`` shape (rows of failed points use them)."""
+        classes = self.classes if isinstance(self.classes, list) else [self.classes]
+        out: dict[str, Any] = {
+            "strategy": {"name": self.criterion.class_name, **self.criterion_init_args()},
+            "ratio": self.ratio,
+            "scope": self.scope,
+            "target": self.target,
+            "seed": self.seed,
+            "retrain_epochs": self.retrain_epochs,
+            "classes": {"indices": [c for c in classes if c is not None]},
+        }
+        if network is not None:
+            out["model"] = network
+        return out
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A combination left out of the grid, and why."""
+
+    point_id: str
+    reason: str
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing helpers
+
+
+def _check_keys(section: str, data: Any, allowed: Sequence[str], required: Sequence[str] = ()) -> dict:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{section} must be a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(map(str, unknown))} in {section}: valid are "
+            f"{', '.join(allowed)}"
+        )
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ConfigError(f"{section} needs {', '.join(missing)}")
+    return dict(data)
+
+
+def _int(where: str, value: Any, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{where} must be >= {minimum}, got {value}")
+    return value
+
+
+def _list(where: str, value: Any, allow_empty: bool = False) -> list:
+    if not isinstance(value, list):
+        value = [value]
+    if not value and not allow_empty:
+        raise ConfigError(f"{where} must be a non-empty list")
+    return value
+
+
+def _mapping(where: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a mapping, got {value!r}")
+    return dict(value)
+
+
+def _class_spec(where: str, value: Any) -> dict[str, Any] | None:
+    """An optimizer / scheduler ``class_path``/``init_args`` mapping (or null)."""
+    if value is None:
+        return None
+    data = _check_keys(where, value, ("class_path", "init_args"), ("class_path",))
+    if not isinstance(data["class_path"], str):
+        raise ConfigError(f"{where}.class_path must be a string")
+    return {"class_path": data["class_path"], "init_args": _mapping(f"{where}.init_args",
+                                                                    data.get("init_args"))}
+
+
+def _ratios(where: str, value: Any) -> list[float]:
+    out = []
+    for r in _list(where, value):
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:
+            raise ConfigError(f"{where}: ratio {r!r} is not a fraction in [0, 1)")
+        out.append(float(r))
+    return out
+
+
+def _scopes(where: str, value: Any) -> list[str]:
+    out = _list(where, value)
+    bad = [s for s in out if s not in _SCOPES]
+    if bad:
+        raise ConfigError(f"{where}: unknown scope(s) {bad}: choose layer and/or global")
+    return out
+
+
+def _targets(where: str, value: Any) -> list[str | None]:
+    out = _list(where, value)
+    bad = [t for t in out if t not in _TARGETS]
+    if bad:
+        raise ConfigError(f"{where}: unknown target(s) {bad}: choose null, macs and/or params")
+    return out
+
+
+def _criterion(where: str, value: Any) -> CriterionSpec:
+    from capl.strategies import available_criteria
+
+    registry = available_criteria()
+    if isinstance(value, str):
+        value = {"class_path": value}
+    data = _check_keys(
+        where, value, ("class_path", "init_args", "name", "ratios", "scopes", "targets"),
+        ("class_path",),
+    )
+    path = data["class_path"]
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{where}.class_path must be a criterion name or dotted path")
+    short = path.rsplit(".", 1)[-1]
+    by_lower = {k.lower(): k for k in registry}
+    if "." not in path or path.startswith("capl.strategies."):
+        if short.lower() not in by_lower:
+            raise ConfigError(
+                f"{where}: unknown criterion {path!r}: choose one of {', '.join(sorted(registry))}"
+            )
+        path = f"capl.strategies.{by_lower[short.lower()]}"
+    else:
+        module, _, name = path.rpartition(".")
+        try:
+            getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            raise ConfigError(f"{where}: cannot import criterion {path!r}") from None
+    init_args = _mapping(f"{where}.init_args", data.get("init_args"))
+    label = data.get("name") or path.rsplit(".", 1)[-1].lower()
+    if not isinstance(label, str) or not label.replace("_", "").replace(".", "").isalnum():
+        raise ConfigError(f"{where}.name must be letters, digits, '_' or '.', got {label!r}")
+    return CriterionSpec(
+        class_path=path,
+        init_args=init_args,
+        label=label,
+        ratios=_ratios(f"{where}.ratios", data["ratios"]) if "ratios" in data else None,
+        scopes=_scopes(f"{where}.scopes", data["scopes"]) if "scopes" in data else None,
+        targets=_targets(f"{where}.targets", data["targets"]) if "targets" in data else None,
+    )
+
+
+def _classes(where: str, value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(
+        isinstance(c, (int, str)) and not isinstance(c, bool) for c in value
+    ):
+        return list(value)
+    raise ConfigError(
+        f"{where}: a class subset is null (all), a name (e.g. similar) or a non-empty list of "
+        f"class indices/names, got {value!r}"
+    )
+
+
+def _data(value: Any) -> dict[str, Any]:
+    data = _check_keys("data", value, ("class_path", "init_args"), ("class_path",))
+    path = data["class_path"]
+    if not isinstance(path, str):
+        raise ConfigError("data.class_path must be a DataModule class name or dotted path")
+    if "." not in path:
+        import capl.datamodules
+
+        if not hasattr(capl.datamodules, path):
+            raise ConfigError(f"data.class_path: unknown DataModule {path!r} in capl.datamodules")
+        path = f"capl.datamodules.{path}"
+    return {"class_path": path, "init_args": _mapping("data.init_args", data.get("init_args"))}
+
+
+def _base(value: Any) -> BaseSpec:
+    from capl.models import SUPPORTED_NETWORKS
+
+    data = _check_keys(
+        "base", value, ("network", "small_input", "num_classes", "checkpoint", "train"),
+        ("network",),
+    )
+    if data["network"] not in SUPPORTED_NETWORKS:
+        raise ConfigError(
+            f"base.network: unknown network {data['network']!r}: choose one of "
+            f"{', '.join(SUPPORTED_NETWORKS)}"
+        )
+    num_classes = data.get("num_classes")
+    if num_classes is not None:
+        _int("base.num_classes", num_classes, 1)
+    checkpoint = data.get("checkpoint")
+    train = None
+    if checkpoint is None:
+        raw = _check_keys(
+            "base.train", data.get("train") or {},
+            ("max_epochs", "seed", "optimizer", "lr_scheduler", "data", "trainer"),
+        )
+        train = TrainSpec(
+            max_epochs=_int("base.train.max_epochs", raw.get("max_epochs", 10), 1),
+            seed=_int("base.train.seed", raw.get("seed", 0)),
+            optimizer=_class_spec("base.train.optimizer", raw.get("optimizer")),
+            lr_scheduler=_class_spec("base.train.lr_scheduler", raw.get("lr_scheduler")),
+            data=_mapping("base.train.data", raw.get("data", {"classes": None})),
+            trainer=_mapping("base.train.trainer", raw.get("trainer")),
+        )
+    elif not isinstance(checkpoint, str):
+        raise ConfigError("base.checkpoint must be a file path or a torchvision weights name")
+    elif "train" in data:
+        raise ConfigError("base: give either checkpoint or train, not both")
+    return BaseSpec(
+        network=data["network"],
+        small_input=bool(data.get("small_input", False)),
+        num_classes=num_classes,
+        checkpoint=checkpoint,
+        train=train,
+    )
+
+
+def _grid(value: Any, default_classes: Any) -> GridSpec:
+    data = _check_keys(
+        "grid", value,
+        ("criteria", "ratios", "scopes", "targets", "classes", "seeds", "retrain_epochs"),
+        ("criteria",),
+    )
+    criteria = [
+        _criterion(f"grid.criteria[{i}]", c) for i, c in enumerate(_list("grid.criteria",
+                                                                          data["criteria"]))
+    ]
+    labels = [c.label for c in criteria]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise ConfigError(
+            f"grid.criteria: {dup} appear more than once: give each a distinct name: (point ids "
+            "use it)"
+        )
+    if "ratios" not in data and any(c.ratios is None for c in criteria):
+        raise ConfigError("grid.ratios is required unless every criterion has its own ratios")
+    classes = data.get("classes", [default_classes])
+    return GridSpec(
+        criteria=criteria,
+        ratios=_ratios("grid.ratios", data["ratios"]) if "ratios" in data else [],
+        scopes=_scopes("grid.scopes", data.get("scopes", ["global"])),
+        targets=_targets("grid.targets", data.get("targets", [None])),
+        classes=[_classes(f"grid.classes[{i}]", c)
+                 for i, c in enumerate(_list("grid.classes", classes))],
+        seeds=[_int("grid.seeds", s) for s in _list("grid.seeds", data.get("seeds", [0]))],
+        retrain_epochs=[
+            _int("grid.retrain_epochs", e, 0)
+            for e in _list("grid.retrain_epochs", data.get("retrain_epochs", [0]))
+        ],
+    )
+
+
+def _pruning(value: Any) -> PruningSpec:
+    data = _check_keys(
+        "pruning", value or {}, ("ignore", "skip_first", "round_to", "min_channels", "cut_head")
+    )
+    ignore = data.get("ignore") or []
+    if not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore):
+        raise ConfigError("pruning.ignore must be a list of module-name patterns")
+    round_to = data.get("round_to")
+    return PruningSpec(
+        ignore=ignore,
+        skip_first=_int("pruning.skip_first", data.get("skip_first", 0), 0),
+        round_to=None if round_to is None else _int("pruning.round_to", round_to, 1),
+        min_channels=_int("pruning.min_channels", data.get("min_channels", 1), 0),
+        cut_head=bool(data.get("cut_head", True)),
+    )
+
+
+def _retrain(value: Any) -> RetrainSpec:
+    data = _check_keys(
+        "retrain", value or {}, ("optimizer", "lr_scheduler", "early_stopping_patience", "trainer")
+    )
+    patience = data.get("early_stopping_patience")
+    return RetrainSpec(
+        optimizer=_class_spec("retrain.optimizer", data.get("optimizer")),
+        lr_scheduler=_class_spec("retrain.lr_scheduler", data.get("lr_scheduler")),
+        early_stopping_patience=None if patience is None else _int(
+            "retrain.early_stopping_patience", patience, 1),
+        trainer=_mapping("retrain.trainer", data.get("trainer")),
+    )
+
+
+def _benchmark(value: Any) -> BenchmarkSpec:
+    names = tuple(BenchmarkSpec.__dataclass_fields__)
+    data = _check_keys("benchmark", value or {}, names)
+    spec = BenchmarkSpec(**data)
+    spec.batch_sizes = [_int("benchmark.batch_sizes", b, 1)
+                        for b in _list("benchmark.batch_sizes", spec.batch_sizes)]
+    spec.backends = _list("benchmark.backends", spec.backends)
+    bad = [b for b in spec.backends if b not in _BACKENDS]
+    if bad:
+        raise ConfigError(f"benchmark.backends: unknown {bad}: use torch and/or onnxruntime")
+    _int("benchmark.warmup", spec.warmup, 0)
+    _int("benchmark.repeats", spec.repeats, 1)
+    if isinstance(spec.min_time_s, bool) or not isinstance(spec.min_time_s, (int, float)) or (
+        spec.min_time_s < 0
+    ):
+        raise ConfigError(f"benchmark.min_time_s must be a number >= 0, got {spec.min_time_s!r}")
+    if spec.ort_threads is not None:
+        _int("benchmark.ort_threads", spec.ort_threads, 1)
+    return spec
+
+
+def parse_sweep_config(raw: Any) -> SweepConfig:
+    """Validate a parsed sweep YAML and return its typed form.
+
+    Args:
+        raw: The YAML document (a mapping).
+
+    Raises:
+        ConfigError: One line naming the offending key and what is valid.
+    """
+    data = _check_keys(
+        "the sweep file", raw,
+        ("name", "base", "data", "grid", "pruning", "retrain", "benchmark", "trainer"),
+        ("base", "data", "grid"),
+    )
+    data_section = _data(data["data"])
+    default_classes = _classes("data.init_args.classes",
+                               data_section["init_args"].get("classes"))
+    return SweepConfig(
+        name=str(data.get("name", "sweep")),
+        base=_base(data["base"]),
+        data=data_section,
+        grid=_grid(data["grid"], default_classes),
+        pruning=_pruning(data.get("pruning")),
+        retrain=_retrain(data.get("retrain")),
+        benchmark=_benchmark(data.get("benchmark")),
+        trainer=_mapping("trainer", data.get("trainer")),
+    )
+
+
+def load_sweep_config(path: str | Path) -> SweepConfig:
+    """Read and validate a sweep YAML file.
+
+    Raises:
+        ConfigError: Missing file, invalid YAML or invalid settings (one line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep config {str(path)!r} not found: pass --config FILE.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{path}: invalid YAML: {first}") from None
+    try:
+        return parse_sweep_config(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# The grid
+
+
+def _ratio_label(ratio: float) -> str:
+    text = f"{ratio:.4f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
+
+
+def _classes_label(classes: Any) -> str:
+    if classes is None:
+        return "all"
+    if isinstance(classes, str):
+        text = classes
+    else:
+        text = "_".join(str(c) for c in classes)
+    safe = "".join(ch if ch.isalnum() or ch in "_." else "_" for ch in text)
+    if len(safe) > 32 or safe != text:  # long or lossy: keep it readable and unique
+        head = safe[:16].rstrip("_")
+        count = f"{len(classes)}x" if isinstance(classes, list) else ""
+        safe = f"{head}_{count}{stable_hash(classes, 6)}"
+    return safe
+
+
+def make_point_id(
+    label: str, scope: str, target: str | None, ratio: float, classes: Any, seed: int, epochs: int
+) -> str:
+    """The readable, deterministic id of a point, e.g. ``ocap-global-macs-r0.50-c3_5_8-s0-e0``."""
+    return (
+        f"{label}-{scope}-{target or 'none'}-r{_ratio_label(ratio)}-c{_classes_label(classes)}"
+        f"-s{seed}-e{epochs}"
+    )
+
+
+def _data_free_deterministic(spec: CriterionSpec) -> bool:
+    try:
+        cls = spec.criterion_class()
+    except (ImportError, AttributeError):
+        return False
+    return not getattr(cls, "requires_data", True) and spec.class_name != "Random"
+
+
+def expand_grid(config: SweepConfig) -> tuple[list[Point], list[Skipped]]:
+    """All runnable points in a fixed order (their ``index``), and the combinations left out.
+
+    Left out, with the reason recorded:
+
+    * ratio 0 prunes nothing, so every criterion, scope and target gives the same network: one
+      point per class subset, seed and retraining length is kept (the first criterion's).
+    * a data-free deterministic criterion (Magnitude, L1Norm, BNScale, ...) without retraining
+      does not depend on the seed: only the first seed is run.
+
+    Magnitude-type (weight / kernel granularity) criteria run with both scopes and all targets.
+    """
+    grid = config.grid
+    points: list[Point] = []
+    skipped: list[Skipped] = []
+    seen_zero: dict[tuple, str] = {}
+    for spec in grid.criteria:
+        data_free = _data_free_deterministic(spec)
+        combos = itertools.product(
+            grid.classes, grid.seeds, grid.retrain_epochs,
+            spec.scopes or grid.scopes, spec.targets or grid.targets, spec.ratios or grid.ratios,
+        )
+        for classes, seed, epochs, scope, target, ratio in combos:
+            pid = make_point_id(spec.label, scope, target, ratio, classes, seed, epochs)
+            if ratio == 0.0:
+                key = (json.dumps(classes), seed, epochs)
+                if key in seen_zero:
+                    skipped.append(Skipped(pid, f"ratio 0 prunes nothing: same as {seen_zero[key]}"))
+                    continue
+                seen_zero[key] = pid
+            if data_free and epochs == 0 and seed != grid.seeds[0]:
+                skipped.append(Skipped(
+                    pid, f"{spec.class_name} is data-free and deterministic: without retraining "
+                    f"the seed changes nothing (seed {grid.seeds[0]} is run)"))
+                continue
+            points.append(Point(
+                index=len(points), point_id=pid, criterion=spec, ratio=ratio, scope=scope,
+                target=target, classes=classes, seed=seed, retrain_epochs=epochs,
+            ))
+    ids = [p.point_id for p in points]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ConfigError(f"grid gives point {dup} twice: remove the repeated list entry")
+    return points, skipped
