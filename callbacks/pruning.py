@@ -18,12 +18,14 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from capl.errors import ConfigError
-from capl.io import write_bytes_atomic
+from capl.io import write_bytes_atomic, write_json_atomic
 from capl.module import ImageClassifier
 from capl.pruning import PruningConfig, make_masks_permanent, make_plan, prunable_layers
 from capl.strategies import Criterion
 
 log = logging.getLogger(__name__)
+
+PLAN_FILE = "pruning_plan.json"
 
 
 class PruningCallback(Callback):
@@ -36,7 +38,7 @@ class PruningCallback(Callback):
     every rank ends with the same architecture. Retraining is the fit itself; masks of
     unstructured/kernel criteria stay applied while training and are made permanent at the end.
 
-    A restarted or requeued job does not prune twice: the checkpoint carries the plan, and the
+    The plan is written to ``<log_dir>/pruning_plan.json``. A restarted or requeued job does not prune twice: the checkpoint carries the plan, and the
     module replays it on a freshly built base network before loading the weights.
 
     Args:
@@ -138,6 +140,8 @@ class PruningCallback(Callback):
         removal = time.perf_counter() - start
 
         self.plan = plan
+        if trainer.is_global_zero and trainer.log_dir:
+            write_json_atomic(Path(trainer.log_dir) / PLAN_FILE, plan)
         self.timings_s = {"selection": selection, "removal": removal, "retraining": 0.0}
         pl_module.pruning_timings = dict(self.timings_s)
         source = pl_module.weights_source
