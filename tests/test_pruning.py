@@ -177,15 +177,22 @@ def _assert_equivalent(model: nn.Module, plan: PruningPlan) -> None:
 # exactness
 
 
+def _structured_names() -> list[str]:
+    return [c.__name__ for c in _real("filter")] or ["_TestL1"]
+
+
 @pytest.mark.parametrize("arch", ARCHS)
-def test_physical_removal_equals_zeroed_channels(arch: str) -> None:
-    # every architecture with one real structured criterion (they take turns; all of them are
-    # checked on one network by the registry-wide contract test below) and global random scores
-    criteria = _structured()
-    criterion = criteria[ARCHS.index(arch) % len(criteria)]()
+@pytest.mark.parametrize("name", _structured_names())
+def test_physical_removal_equals_zeroed_channels(arch: str, name: str) -> None:
+    """Real scores (data-driven criteria from one tiny batch), layer scope."""
+    criterion = available_criteria()[name]() if name in available_criteria() else _TestL1()
     model, plan = _plan(arch, criterion, ratio=0.4)
-    assert plan.removed, f"{type(criterion).__name__} removed nothing on {arch}"
+    assert plan.removed, f"{name} removed nothing on {arch}"
     _assert_equivalent(model, plan)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_global_removal_is_exact_and_cost_model_matches(arch: str) -> None:
     model, plan = _plan(arch, _TestRandomScores(), ratio=0.5, scope="global")
     _assert_equivalent(model, plan)
     # the cost model the target search uses is exact (real counts on the pruned network)
