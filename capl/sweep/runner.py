@@ -316,12 +316,11 @@ def point_config(
     }
     trainer = _trainer_defaults(config)
     callbacks: list[dict[str, Any]]
+    trainer["logger"] = _logger(output / "tb", point.point_id)
     if not retrain:
         callbacks = [pruning, benchmark]
-        trainer["logger"] = _logger(output / "tb", point.point_id)
     elif stage == "test":
         callbacks = [benchmark]
-        trainer["logger"] = _logger(output / "tb", point.point_id)
     else:
         callbacks = [pruning]
         if config.retrain.early_stopping_patience:
@@ -336,7 +335,6 @@ def point_config(
                           "monitor": "val/acc", "mode": "max", "save_top_k": 1},
         }, benchmark]
         trainer["max_epochs"] = point.retrain_epochs
-        trainer["logger"] = _logger(output / "tb", f"{point.point_id}/fit")
         trainer.update(config.retrain.trainer)
     trainer["callbacks"] = callbacks
     data = {"class_path": config.data["class_path"], "init_args": init_args}
@@ -360,8 +358,11 @@ def run_point(config: SweepConfig, point: Point, base: str, output: str | Path) 
     """Run one point in this process and record it; never raises for a failing point.
 
     Prune only: ``capl test --config points/<id>/config.yaml``. With retraining: ``capl fit``
-    with that config, then ``capl test --config points/<id>/test.yaml --ckpt_path <best>`` so
-    the retrained checkpoint is what gets benchmarked. Any exception (a ``SystemExit`` from a
+    with that config, then the fit's trainer tests the best checkpoint (``trainer.test(...,
+    ckpt_path=best)``), so the retrained checkpoint is what gets benchmarked. ``test.yaml`` is
+    the by-hand equivalent (``capl test --config test.yaml --ckpt_path best.ckpt``); the runner
+    does not use it because LightningCLI replaces the model's settings by the checkpoint's
+    hyperparameters, which for a pruned class-subset head currently lose ``head_classes``. Any exception (a ``SystemExit`` from a
     user error included) is recorded as ``status: failed`` with its message; the traceback goes
     to ``traceback.txt``. ``KeyboardInterrupt`` is not caught: the point stays unrecorded.
 
@@ -378,27 +379,25 @@ def run_point(config: SweepConfig, point: Point, base: str, output: str | Path) 
                   f"{folder / 'checkpoints' / 'best.ckpt'}\n")
         fit_yaml = _write_yaml(folder / "config.yaml",
                                point_config(config, point, base, output, "fit"), header)
-        test_yaml = _write_yaml(folder / "test.yaml",
+        _write_yaml(folder / "test.yaml",
                                 point_config(config, point, base, output, "test"), header)
     else:
         header = f"# Sweep point {point.point_id}. Rerun by hand:\n#   capl test {rerun}\n"
-        fit_yaml = test_yaml = _write_yaml(
+        fit_yaml = _write_yaml(
             folder / "config.yaml", point_config(config, point, base, output, "test"), header)
     start = time.perf_counter()
     error: str | None = None
     cached: bool | None = None
     log.info("sweep point %d: %s", point.index, point.point_id)
     try:
+        cli = _capl(["fit" if point.retrain_epochs > 0 else "test", "--config", str(fit_yaml)])
+        cached = _scores_cached(cli)
         if point.retrain_epochs > 0:
-            cli = _capl(["fit", "--config", str(fit_yaml)])
-            cached = _scores_cached(cli)
+            # the best checkpoint is tested by the fit's own trainer, which still holds the
+            # PruningCallback (plan, base copy) and the BenchmarkCallback: see module docstring
             best = _best_checkpoint(cli, folder / "checkpoints")
-            del cli
-            _capl(["test", "--config", str(test_yaml), "--ckpt_path", best])
-        else:
-            cli = _capl(["test", "--config", str(test_yaml)])
-            cached = _scores_cached(cli)
-            del cli
+            cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)
+        del cli
         if not (folder / BENCHMARK_FILE).is_file():
             raise RuntimeError(f"the run wrote no {BENCHMARK_FILE}")
     except KeyboardInterrupt:
