@@ -189,7 +189,7 @@ def make_plan(
     head_cut = 0 if rows is None else classifier.out_features - len(rows)
     if criterion.granularity == "filter":
         problem: _Problem = _FilterProblem(
-            structure, model, scores, criterion.normalization, config, excluded, head_cut
+            structure, scores, criterion.normalization, config, excluded, head_cut
         )
     elif criterion.granularity in ("weight", "kernel"):
         if config.round_to is not None:
@@ -345,7 +345,6 @@ class _FilterProblem(_Problem):
     def __init__(
         self,
         structure: Structure,
-        model: nn.Module,
         scores: dict[str, Tensor],
         normalization: str,
         config: PruningConfig,

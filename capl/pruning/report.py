@@ -9,11 +9,6 @@ from torch import Tensor, nn
 from capl.pruning.structure import layer_shapes
 
 
-def effective_weight(module: nn.Module) -> Tensor:
-    """The weight a layer computes with: the masked product when a pruning mask is applied."""
-    return module.weight
-
-
 def nonzero_parameters(model: nn.Module) -> int:
     """Nonzero parameter entries, counting masked parameters after their masks."""
     total = 0
@@ -38,7 +33,8 @@ def conv_linear_macs(model: nn.Module, example_input: Tensor) -> dict[str, dict[
     for name, c in sorted(shapes.items(), key=lambda kv: kv[1].order):
         if c.kind == "bn":
             continue
-        nonzero = int(effective_weight(model.get_submodule(name)).count_nonzero())
+        # with a pruning mask, ``weight`` is the masked product the layer computes with
+        nonzero = int(model.get_submodule(name).weight.count_nonzero())
         out[name] = {
             "channels": c.out_channels,
             "in_channels": c.in_channels,

@@ -34,7 +34,7 @@ class LayerCost:
         kernel: Kernel elements ``kh * kw`` (1 for linear / bn).
         positions: Output positions per sample (``H * W`` for a conv).
         bias: Whether the layer has a bias (affine for bn).
-        order: Position in forward order among Conv2d/Linear layers.
+        order: Position in forward order among Conv2d/Linear layers (BNs come after all).
     """
 
     kind: str
