@@ -252,7 +252,9 @@ class Skipped:
 # Parsing helpers
 
 
-def _check_keys(section: str, data: Any, allowed: Sequence[str], required: Sequence[str] = ()) -> dict:
+def _check_keys(
+    section: str, data: Any, allowed: Sequence[str], required: Sequence[str] = ()
+) -> dict:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{section} must be a mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - set(allowed))
@@ -644,7 +646,8 @@ def expand_grid(config: SweepConfig) -> tuple[list[Point], list[Skipped]]:
             if ratio == 0.0:
                 key = (json.dumps(classes), seed, epochs)
                 if key in seen_zero:
-                    skipped.append(Skipped(pid, f"ratio 0 prunes nothing: same as {seen_zero[key]}"))
+                    reason = f"ratio 0 prunes nothing: same as {seen_zero[key]}"
+                    skipped.append(Skipped(pid, reason))
                     continue
                 seen_zero[key] = pid
             if data_free and epochs == 0 and seed != grid.seeds[0]:

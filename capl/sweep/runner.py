@@ -362,9 +362,10 @@ def run_point(config: SweepConfig, point: Point, base: str, output: str | Path) 
     ckpt_path=best)``), so the retrained checkpoint is what gets benchmarked. ``test.yaml`` is
     the by-hand equivalent (``capl test --config test.yaml --ckpt_path best.ckpt``); the runner
     does not use it because LightningCLI replaces the model's settings by the checkpoint's
-    hyperparameters, which for a pruned class-subset head currently lose ``head_classes``. Any exception (a ``SystemExit`` from a
-    user error included) is recorded as ``status: failed`` with its message; the traceback goes
-    to ``traceback.txt``. ``KeyboardInterrupt`` is not caught: the point stays unrecorded.
+    hyperparameters, which for a pruned class-subset head currently lose ``head_classes``.
+    Any exception (a ``SystemExit`` from a user error included) is recorded as
+    ``status: failed`` with its message; the traceback goes to ``traceback.txt``.
+    ``KeyboardInterrupt`` is not caught: the point stays unrecorded.
 
     Returns:
         The record, also written to ``points/<id>/result.json``.
@@ -402,7 +403,7 @@ def run_point(config: SweepConfig, point: Point, base: str, output: str | Path) 
             raise RuntimeError(f"the run wrote no {BENCHMARK_FILE}")
     except KeyboardInterrupt:
         raise
-    except BaseException as err:  # noqa: BLE001 - one failing point must not stop the sweep
+    except BaseException as err:
         error = f"{type(err).__name__}: {err}" if not isinstance(err, ConfigError) else str(err)
         error = " ".join(error.split()) or type(err).__name__
         write_text_atomic(folder / TRACEBACK_FILE, traceback.format_exc())

@@ -1,0 +1,327 @@
+"""capl-sweep: grid, point ids, the in-process runner, resume, failures, job arrays, configs.
+
+Everything runs on tiny digits subsets with a CIFAR ResNet-20, one batch size, torch latency only
+and one or two timed repeats, so the whole file stays well under three minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from capl.errors import ConfigError
+from capl.sweep import read_results_csv
+from capl.sweep import runner as runner_mod
+from capl.sweep.cli import sweep_main
+from capl.sweep.grid import expand_grid, load_sweep_config, make_point_id, parse_sweep_config
+from capl.sweep.report import flatten
+from capl.sweep.runner import RESULT_FILE, run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BENCH = {"batch_sizes": [1], "backends": ["torch"], "warmup": 0, "repeats": 1, "min_time_s": 0}
+DATA = {
+    "class_path": "DigitsSubset",
+    "init_args": {"batch_size": 32, "samples_per_class": 20, "calibration_samples_per_class": 4},
+}
+
+
+def sweep_dict(base: dict[str, Any], criteria: list[Any], ratios: list[float]) -> dict[str, Any]:
+    return {
+        "name": "test",
+        "base": base,
+        "data": DATA,
+        "grid": {"criteria": criteria, "ratios": ratios, "classes": [[3, 5, 8]]},
+        "benchmark": BENCH,
+    }
+
+
+def train_base() -> dict[str, Any]:
+    return {
+        "network": "resnet20", "small_input": True, "num_classes": 10,
+        "train": {"max_epochs": 1, "optimizer": {"class_path": "torch.optim.SGD",
+                                                 "init_args": {"lr": 0.05}}},
+    }
+
+
+def write(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A 2-criterion x 2-ratio sweep run serially, training its base model."""
+    folder = tmp_path_factory.mktemp("serial")
+    cfg_path = write(folder / "sweep.yaml", sweep_dict(train_base(), ["L1Norm", "OCAP"],
+                                                       [0.3, 0.5]))
+    config = load_sweep_config(cfg_path)
+    out = folder / "out"
+    run = run_sweep(config, out, plots=False)
+    base = json.loads(next((out / "base").glob("*/base.json")).read_text())["checkpoint"]
+    return {"config": config, "out": out, "run": run, "base": base, "path": cfg_path}
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and math.isclose(float(a), float(b),
+                                                                  rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(b, bool) or isinstance(a, bool):
+        return str(a) == str(b)
+    return a == b or str(a) == str(b)
+
+
+def test_serial_sweep_rows_equal_benchmark_json(serial: dict[str, Any]) -> None:
+    run, out = serial["run"], serial["out"]
+    assert [r.status for r in run.ran] == ["ok"] * 4
+    rows = read_results_csv(out / "results.csv")
+    assert [r["point_id"] for r in rows] == [p.point_id for p in run.points]
+    assert rows[0]["point_id"] == "l1norm-global-none-r0.30-c3_5_8-s0-e0"
+    for row in rows:
+        bench = json.loads((out / "points" / row["point_id"] / "benchmark.json").read_text())
+        assert bench["run"]["name"] == row["point_id"]
+        flat = flatten(bench)
+        mismatched = [k for k, v in flat.items() if not _close(row.get(k), v)
+                      and not (v in (None, "") and row.get(k) in (None, ""))]
+        assert mismatched == []
+        assert (out / "points" / row["point_id"] / "config.yaml").is_file()
+        assert (out / "tb" / row["point_id"]).is_dir()
+    assert (out / "report.md").is_file()
+
+
+def test_scores_computed_once_per_criterion(serial: dict[str, Any]) -> None:
+    out = serial["out"]
+    assert len(list((out / "scores").glob("*.pt"))) == 2  # L1Norm and OCAP, not 4
+    cached = {r.point_id: r.scores_cached for r in serial["run"].ran}
+    assert [cached[p.point_id] for p in serial["run"].points] == [False, True, False, True]
+
+
+def test_rerun_skips_finished_and_redoes_a_lost_record(serial: dict[str, Any]) -> None:
+    out, config = serial["out"], serial["config"]
+    lost = serial["run"].points[1].point_id
+    (out / "points" / lost / RESULT_FILE).unlink()
+    run = run_sweep(config, out, plots=False)
+    assert [r.point_id for r in run.ran] == [lost]
+    assert len(run.already_done) == 3
+    rows = read_results_csv(out / "results.csv")
+    assert sorted(r["point_id"] for r in rows) == sorted(p.point_id for p in run.points)
+
+
+def test_interrupted_sweep_resumes_without_duplicates(
+    serial: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = {"network": "resnet20", "small_input": True, "num_classes": 10,
+            "checkpoint": serial["base"]}
+    config = parse_sweep_config(sweep_dict(base, ["L1Norm"], [0.3, 0.5]))
+    real = runner_mod.run_point
+    calls = []
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the job is killed during the second point
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner_mod, "run_point", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(config, tmp_path, plots=False)
+    monkeypatch.setattr(runner_mod, "run_point", real)
+    run = run_sweep(config, tmp_path, plots=False)
+    assert len(run.already_done) == 1 and len(run.ran) == 1
+    rows = read_results_csv(tmp_path / "results.csv")
+    assert [r["point_id"] for r in rows] == [p.point_id for p in run.points]
+    assert all(r["status"] == "ok" for r in rows)
+
+
+def test_failing_points_are_recorded_and_retried(
+    serial: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import capl.strategies
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("collect exploded")
+
+    def user_error(*args: Any, **kwargs: Any) -> Any:
+        raise ConfigError("bad taylor setting: fix it")  # the CLI turns it into SystemExit(2)
+
+    monkeypatch.setattr(capl.strategies.OCAP, "collect", boom)
+    monkeypatch.setattr(capl.strategies.Taylor, "score", user_error)
+    base = {"network": "resnet20", "small_input": True, "num_classes": 10,
+            "checkpoint": serial["base"]}
+    config = parse_sweep_config(sweep_dict(base, ["OCAP", "Taylor", "L1Norm"], [0.5]))
+    run = run_sweep(config, tmp_path, plots=False)
+    status = {r.point_id.split("-")[0]: r for r in run.ran}
+    assert status["l1norm"].status == "ok"
+    assert status["ocap"].status == "failed" and "collect exploded" in status["ocap"].error
+    assert status["taylor"].error == "bad taylor setting: fix it"
+    assert (tmp_path / "points" / status["ocap"].point_id / "traceback.txt").is_file()
+    rows = {r["point_id"]: r for r in read_results_csv(tmp_path / "results.csv")}
+    assert rows[status["ocap"].point_id]["status"] == "failed"
+    assert rows[status["ocap"].point_id]["strategy.name"] == "OCAP"
+    assert sweep_main(["--config", str(write(tmp_path / "s.yaml", sweep_dict(
+        base, ["OCAP", "Taylor", "L1Norm"], [0.5]))), "--output", str(tmp_path),
+        "--no-plots"]) == 1
+    monkeypatch.undo()
+    rerun = run_sweep(config, tmp_path, plots=False)
+    assert sorted(r.point_id.split("-")[0] for r in rerun.ran) == ["ocap", "taylor"]
+    assert all(r.status == "ok" for r in rerun.ran)
+
+
+def test_job_array_indices_then_merge_equal_serial(serial: dict[str, Any], tmp_path: Path) -> None:
+    base = {"network": "resnet20", "small_input": True, "num_classes": 10,
+            "checkpoint": serial["base"]}
+    cfg = write(tmp_path / "sweep.yaml", sweep_dict(base, ["OCAP"], [0.3, 0.5]))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    procs = []
+    for index in (0, 1):
+        if index == 1:
+            env["SLURM_ARRAY_TASK_ID"] = "1"  # the env var stands in for --index
+            args = []
+        else:
+            args = ["--index", "0"]
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", "import sys; from capl.sweep.cli import sweep_main; "
+             "sys.exit(sweep_main(sys.argv[1:]))", "--config", str(cfg), "--output", str(out),
+             *args], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        ))
+    for proc in procs:
+        text = proc.communicate(timeout=300)[0].decode()
+        assert proc.returncode == 0, text[-2000:]
+    assert not (out / "results.csv").exists()  # array tasks leave the merge to --merge
+    assert sweep_main(["--config", str(cfg), "--output", str(out), "--merge", "--no-plots"]) == 0
+    merged = read_results_csv(out / "results.csv")
+    serial_rows = {r["point_id"]: r for r in read_results_csv(serial["out"] / "results.csv")}
+    assert [r["point_id"] for r in merged] == ["ocap-global-none-r0.30-c3_5_8-s0-e0",
+                                               "ocap-global-none-r0.50-c3_5_8-s0-e0"]
+    deterministic = ("after.accuracy", "before.accuracy", "after.macs", "after.params",
+                     "realised.macs_removed", "strategy.name", "ratio", "seed", "status",
+                     "per_layer.layer1.0.conv1.after")
+    for row in merged:
+        for key in deterministic:
+            assert row[key] == serial_rows[row["point_id"]][key], key
+
+
+def test_point_ids_and_skips() -> None:
+    assert make_point_id("ocap", "global", "macs", 0.5, [3, 5, 8], 0, 0) == \
+        "ocap-global-macs-r0.50-c3_5_8-s0-e0"
+    assert make_point_id("lrp", "layer", None, 0.125, "similar", 2, 1) == \
+        "lrp-layer-none-r0.125-csimilar-s2-e1"
+    long_id = make_point_id("x", "layer", None, 0.1, list(range(40)), 0, 0)
+    assert len(long_id) < 80 and long_id == make_point_id("x", "layer", None, 0.1,
+                                                          list(range(40)), 0, 0)
+    config = parse_sweep_config({
+        "base": {"network": "resnet20", "small_input": True, "num_classes": 10,
+                 "checkpoint": "x.ckpt"},
+        "data": DATA,
+        "grid": {"criteria": ["Magnitude", "OCAP", {"class_path": "Random", "name": "rnd"}],
+                 "ratios": [0.0, 0.5], "scopes": ["layer", "global"], "seeds": [0, 1]},
+    })
+    points, skipped = expand_grid(config)
+    ids = [p.point_id for p in points]
+    assert len(ids) == len(set(ids))
+    zero = [p for p in points if p.ratio == 0.0]
+    assert len(zero) == 2  # one per seed: ratio 0 is the same network for every criterion
+    assert "magnitude-layer-none-r0.50-call-s1-e0" not in ids  # data-free, seed is moot
+    assert "ocap-layer-none-r0.50-call-s1-e0" in ids
+    assert "magnitude-layer-none-r0.50-call-s0-e0" in ids  # masks run with both scopes
+    assert "magnitude-global-none-r0.50-call-s0-e0" in ids
+    rnd = next(p for p in points if p.point_id == "rnd-global-none-r0.50-call-s1-e0")
+    assert rnd.criterion_init_args() == {"seed": 1}
+    assert any("prunes nothing" in s.reason for s in skipped)
+    assert any("data-free" in s.reason for s in skipped)
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"grid": {"criteria": ["Nope"], "ratios": [0.5]}}, "unknown criterion 'Nope'"),
+        ({"grid": {"criteria": ["OCAP"], "ratios": [1.5]}}, "not a fraction in [0, 1)"),
+        ({"grid": {"criteria": ["OCAP"], "ratios": [0.5], "scopes": ["all"]}}, "unknown scope"),
+        ({"benchmark": {"backends": ["tensorrt"]}}, "unknown ['tensorrt']"),
+        ({"bogus": 1}, "unknown key(s) bogus"),
+        ({"base": {"network": "resnet999"}}, "unknown network"),
+    ],
+)
+def test_invalid_sweep_files_give_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], patch: dict[str, Any], message: str
+) -> None:
+    config = sweep_dict({"network": "resnet20", "checkpoint": "x.ckpt"}, ["OCAP"], [0.5])
+    config.update(patch)
+    path = write(tmp_path / "bad.yaml", config)
+    with pytest.raises(SystemExit) as exc:
+        sweep_main(["--config", str(path), "--output", str(tmp_path / "o"), "--dry-run"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and err.startswith("capl-sweep: error:")
+
+
+def test_slurm_env_sets_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen = {}
+
+    def fake(config: Any, output: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return runner_mod.SweepRun(points=[], skipped=[])
+
+    monkeypatch.setattr(runner_mod, "run_sweep", fake)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    path = write(tmp_path / "s.yaml", sweep_dict({"network": "resnet20", "checkpoint": "x.ckpt"},
+                                                 ["OCAP"], [0.5]))
+    assert sweep_main(["--config", str(path), "--output", str(tmp_path / "o")]) == 0
+    assert seen["index"] == 3
+    assert sweep_main(["--config", str(path), "--output", str(tmp_path / "o"), "--index",
+                       "1"]) == 0
+    assert seen["index"] == 1
+
+
+EXPERIMENTS = sorted((ROOT / "configs" / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_experiment_configs_parse(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if path.name.startswith("sensitivity"):
+        from capl.sweep.sensitivity import load_sensitivity_config
+
+        load_sensitivity_config(path)
+        return
+    config = load_sweep_config(path)
+    points, _ = expand_grid(config)
+    assert points
+    assert sweep_main(["--config", str(path), "--output", "/nonexistent/x", "--dry-run"]) == 0
+    assert f"{len(points)} points" in capsys.readouterr().out
+
+
+def test_demo_runs_every_criterion() -> None:
+    from capl.strategies import available_criteria
+
+    config = load_sweep_config(ROOT / "configs" / "experiments" / "demo.yaml")
+    points, _ = expand_grid(config)
+    names = {p.criterion.class_name for p in points}
+    assert names == set(available_criteria())
+    assert {p.retrain_epochs for p in points} == {0, 1}
+    assert len({p.ratio for p in points}) == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "command"),
+    [("default.yaml", "fit"), ("runs/base_test.yaml", "test"), ("runs/prune_test.yaml", "test"),
+     ("runs/prune_retrain.yaml", "fit")],
+)
+def test_run_configs_parse(name: str, command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from capl.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--config", str(ROOT / "configs" / name), "--print_config"])
+    assert exc.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["network"] == "resnet18"
