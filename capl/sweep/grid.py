@@ -643,6 +643,11 @@ def expand_grid(config: SweepConfig) -> tuple[list[Point], list[Skipped]]:
         )
         for classes, seed, epochs, scope, target, ratio in combos:
             pid = make_point_id(spec.label, scope, target, ratio, classes, seed, epochs)
+            if data_free and epochs == 0 and seed != grid.seeds[0]:
+                skipped.append(Skipped(
+                    pid, f"{spec.class_name} is data-free and deterministic: without retraining "
+                    f"the seed changes nothing (seed {grid.seeds[0]} is run)"))
+                continue
             if ratio == 0.0:
                 key = (json.dumps(classes), seed, epochs)
                 if key in seen_zero:
@@ -650,11 +655,6 @@ def expand_grid(config: SweepConfig) -> tuple[list[Point], list[Skipped]]:
                     skipped.append(Skipped(pid, reason))
                     continue
                 seen_zero[key] = pid
-            if data_free and epochs == 0 and seed != grid.seeds[0]:
-                skipped.append(Skipped(
-                    pid, f"{spec.class_name} is data-free and deterministic: without retraining "
-                    f"the seed changes nothing (seed {grid.seeds[0]} is run)"))
-                continue
             points.append(Point(
                 index=len(points), point_id=pid, criterion=spec, ratio=ratio, scope=scope,
                 target=target, classes=classes, seed=seed, retrain_epochs=epochs,
