@@ -325,3 +325,21 @@ def test_run_configs_parse(name: str, command: str, capsys: pytest.CaptureFixtur
     assert exc.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["network"] == "resnet18"
+
+
+def test_ctrl_c_inside_lightning_stops_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    import capl.cli
+
+    def lightning_like(args: Any) -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # what Lightning does on Ctrl-C
+            sys.exit(1)
+
+    monkeypatch.setattr(capl.cli, "main", lightning_like)
+    with pytest.raises(KeyboardInterrupt):
+        runner_mod._capl(["test"])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -122,6 +123,11 @@ def _capl(args: Sequence[str]) -> Any:
         with contextlib.redirect_stderr(tee):
             return main(list(args))
     except SystemExit as err:
+        if isinstance(err.__context__, KeyboardInterrupt):
+            # Lightning turns Ctrl-C into exit(1) and ignores SIGINT from then on: restore the
+            # handler and stop the sweep instead of recording the point as failed
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt from None
         if err.code in (0, None):
             raise RuntimeError(f"capl {args[0]} exited early without running") from None
         lines = [ln for ln in tee.buffer_text.getvalue().splitlines() if "error:" in ln]
