@@ -6,7 +6,7 @@ import copy
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -47,6 +47,8 @@ class BenchmarkCallback(Callback):
         device: Device for latency and memory (``cpu``/``cuda``); default the trainer's device.
         output: Where to write the JSON; default ``<trainer log_dir>/benchmark.json``.
         run_name: A name recorded under ``run.name`` (sweeps put the grid point id here).
+        exporter: ONNX exporter: ``auto`` (dynamo, falling back to TorchScript), ``dynamo`` or
+            ``torchscript`` (several times faster to export; fails on some adaptive pools).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class BenchmarkCallback(Callback):
         device: str | None = None,
         output: str | None = None,
         run_name: str | None = None,
+        exporter: Literal["auto", "dynamo", "torchscript"] = "auto",
     ) -> None:
         super().__init__()
         self.batch_sizes = list(batch_sizes or [1, 32])
@@ -78,6 +81,7 @@ class BenchmarkCallback(Callback):
         self.device = device
         self.output = output
         self.run_name = run_name
+        self.exporter = exporter
         self.result: dict[str, Any] | None = None
 
     @override
@@ -86,10 +90,11 @@ class BenchmarkCallback(Callback):
             raise ConfigError("BenchmarkCallback works with capl's ImageClassifier model")
         if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False):
             return
-        self._benchmark(trainer, pl_module)
+        output = self._output_path(trainer)  # trainer.log_dir is a collective: all ranks
+        self._benchmark(trainer, pl_module, output)
 
     @rank_zero_only
-    def _benchmark(self, trainer: Trainer, module: ImageClassifier) -> None:
+    def _benchmark(self, trainer: Trainer, module: ImageClassifier, output: Path) -> None:
         datamodule = trainer.datamodule
         pruning = _find_pruning_callback(trainer)
         base, base_head = self._base_model(module, pruning)
@@ -100,7 +105,7 @@ class BenchmarkCallback(Callback):
         assert module.head_classes is not None
         input_shape = tuple(datamodule.input_shape)
         device = self.device or ("cuda" if trainer.strategy.root_device.type == "cuda" else "cpu")
-        workdir = Path(self._output_path(trainer)).parent
+        workdir = output.parent
         blocks = {}
         for key, net, head in (
             ("before", base, base_head),
@@ -142,7 +147,7 @@ class BenchmarkCallback(Callback):
             "scope": (plan.get("config") or {}).get("scope"),
             "target": (plan.get("config") or {}).get("target"),
             "seed": _seed(trainer),
-            "retrain_epochs": int(getattr(module, "retrain_epochs", 0) or 0),
+            "retrain_epochs": module.retrain_epochs,
             "before": blocks["before"],
             "after": blocks["after"],
             "realised": realised(blocks["before"], blocks["after"]),
@@ -154,7 +159,7 @@ class BenchmarkCallback(Callback):
             },
             "environment": environment_info(ort_threads=self._ort_threads()),
         }
-        path = write_json_atomic(self._output_path(trainer), result)
+        path = write_json_atomic(output, result)
         self.result = result
         self._log(trainer, result)
         from capl.benchmark import format_table
@@ -182,6 +187,7 @@ class BenchmarkCallback(Callback):
             warmup=self.warmup,
             repeats=self.repeats,
             min_time_s=self.min_time_s,
+            exporter=self.exporter,
         )
 
     def _base_model(self, module: ImageClassifier, pruning: Any) -> tuple[nn.Module, list[int]]:

@@ -38,8 +38,9 @@ class PruningCallback(Callback):
     every rank ends with the same architecture. Retraining is the fit itself; masks of
     unstructured/kernel criteria stay applied while training and are made permanent at the end.
 
-    The plan is written to ``<log_dir>/pruning_plan.json``. A restarted or requeued job does not prune twice: the checkpoint carries the plan, and the
-    module replays it on a freshly built base network before loading the weights.
+    The plan is written to ``<log_dir>/pruning_plan.json``. A restarted or requeued job does not
+    prune twice: the checkpoint carries the plan, and the module replays it on a freshly built
+    base network before loading the weights.
 
     Args:
         criterion: What to remove (YAML: ``class_path: OCAP`` plus ``init_args``).
@@ -51,6 +52,9 @@ class PruningCallback(Callback):
         skip_first: Number of leading convolutions never pruned.
         round_to: Keep channel counts multiples of this (hardware-friendly widths).
         min_channels: Channels every pruned layer keeps at least.
+        layer_ratios: ``{fnmatch pattern: ratio}`` overriding ``ratio`` for the channel groups
+            whose first conv matches (first pattern wins); needs ``scope: layer`` and no
+            ``target``. ``capl-sensitivity`` writes one (``suggested_pruning.yaml``).
         cut_head: Replace the classifier by the selected classes' rows (weights copied).
         score_cache: Folder where scores are kept, keyed by the criterion's settings, the base
             network's weights, the classes and the calibration data; a sweep computes a
@@ -67,6 +71,7 @@ class PruningCallback(Callback):
         skip_first: int = 0,
         round_to: int | None = None,
         min_channels: int = 1,
+        layer_ratios: dict[str, float] | None = None,
         cut_head: bool = True,
         score_cache: str | None = None,
     ) -> None:
@@ -85,6 +90,7 @@ class PruningCallback(Callback):
             skip_first=skip_first,
             round_to=round_to,
             min_channels=min_channels,
+            layer_ratios=layer_ratios,
         )
         self.cut_head = cut_head
         self.score_cache = score_cache
@@ -94,6 +100,7 @@ class PruningCallback(Callback):
         self.plan: dict[str, Any] | None = None
         self.timings_s: dict[str, float] = {}
         self._fit_started: float | None = None
+        self._retrained_before = 0.0
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -140,8 +147,9 @@ class PruningCallback(Callback):
         removal = time.perf_counter() - start
 
         self.plan = plan
-        if trainer.is_global_zero and trainer.log_dir:
-            write_json_atomic(Path(trainer.log_dir) / PLAN_FILE, plan)
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        if trainer.is_global_zero and log_dir:
+            write_json_atomic(Path(log_dir) / PLAN_FILE, plan)
         self.timings_s = {"selection": selection, "removal": removal, "retraining": 0.0}
         pl_module.pruning_timings = dict(self.timings_s)
         source = pl_module.weights_source
@@ -208,17 +216,29 @@ class PruningCallback(Callback):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # on resume the module's timings were restored from the checkpoint: keep counting
         self._fit_started = time.perf_counter()
+        self._retrained_before = float(
+            getattr(pl_module, "pruning_timings", {}).get("retraining", 0)
+        )
+
+    def _stamp_retraining(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._fit_started is None or not isinstance(pl_module, ImageClassifier):
+            return
+        elapsed = time.perf_counter() - self._fit_started
+        pl_module.pruning_timings["retraining"] = self._retrained_before + elapsed
+        pl_module.retrain_epochs = trainer.current_epoch + (0 if trainer.fit_loop.done else 1)
 
     @override
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._fit_started is not None:
-            timings = getattr(pl_module, "pruning_timings", None) or {}
-            timings["retraining"] = (
-                timings.get("retraining", 0.0) + time.perf_counter() - self._fit_started
-            )
-            self._fit_started = time.perf_counter()
-            pl_module.pruning_timings = timings
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # runs before the module's own hook, which stores the timings in the checkpoint
+        self._stamp_retraining(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._stamp_retraining(trainer, pl_module)
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

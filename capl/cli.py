@@ -1,4 +1,4 @@
-"""The ``capl`` command: LightningCLI over :class:`~capl.module.ImageClassifier` and the DataModules.
+"""The ``capl`` command: LightningCLI over the ImageClassifier and the DataModules.
 
 This is the one core module that imports ``capl.callbacks`` and ``capl.datamodules``, so YAML can
 name their classes by short name (``class_path: DigitsSubset``, ``class_path: PruningCallback``).
@@ -17,7 +17,7 @@ from capl.datamodules import ClassSubsetDataModule
 from capl.errors import find_config_error
 from capl.module import ImageClassifier
 
-__all__ = ["CaplCLI", "main"]
+__all__ = ["CaplCLI", "console_main", "main"]
 _REGISTERED = (capl.callbacks, capl.datamodules)  # imported for their subclasses' short names
 
 
@@ -51,5 +51,11 @@ def main(args: Sequence[str] | None = None) -> CaplCLI | None:
         raise SystemExit(2) from None
 
 
-if __name__ == "__main__":
+def console_main() -> int:
+    """Entry point of the ``capl`` console script: exit status 0 on success."""
     main()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(console_main())

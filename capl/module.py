@@ -75,6 +75,7 @@ class ImageClassifier(LightningModule):
         self.weights_source: str | None = weights
         self.base_weights: str | None = None
         self.pruning_timings: dict[str, float] = {}
+        self.retrain_epochs = 0
         self.input_shape: tuple[int, int, int] | None = None
         self.rows: list[int] | None = None
         self.class_names: list[str] | None = None
@@ -173,7 +174,9 @@ class ImageClassifier(LightningModule):
         metric.reset()
         assert self.class_names is not None
         for name, value in zip(self.class_names, values):
-            self.log(f"{stage}/acc_class/{name}", value, sync_dist=False)
+            self.log(
+                f"{stage}/acc_class/{name}", value, sync_dist=True
+            )  # already synced: a no-op mean
         return values
 
     @override
@@ -226,7 +229,9 @@ class ImageClassifier(LightningModule):
         if pruning_plan.head_rows is not None:
             self.head_classes = [self.head_classes[r] for r in pruning_plan.head_rows]
         self.pruning_plan = plan
-        self.hparams.update(num_classes=len(self.head_classes), head_classes=None)
+        self.hparams.update(
+            num_classes=len(self.head_classes), head_classes=list(self.head_classes)
+        )
 
     def base_copy(self) -> nn.Module:
         """A deep copy of the hosted network (e.g. the base model before pruning)."""
@@ -241,6 +246,7 @@ class ImageClassifier(LightningModule):
             "head_classes": self.head_classes,
             "base_weights": self.base_weights,
             "timings_s": self.pruning_timings,
+            "retrain_epochs": self.retrain_epochs,
         }
 
     @override
@@ -255,6 +261,7 @@ class ImageClassifier(LightningModule):
             )
         self.base_weights = saved.get("base_weights")
         self.pruning_timings = dict(saved.get("timings_s") or {})
+        self.retrain_epochs = int(saved.get("retrain_epochs") or 0)
         plan = saved.get("pruning_plan")
         if plan is not None and plan != self.pruning_plan:
             # rebuild the architecture the plan was made on, then replay it
@@ -262,7 +269,9 @@ class ImageClassifier(LightningModule):
             self._build(len(self.head_classes))
             self.apply_pruning_plan(plan)
         self.head_classes = list(saved["head_classes"])
-        self.hparams.update(num_classes=len(self.head_classes))
+        self.hparams.update(
+            num_classes=len(self.head_classes), head_classes=list(self.head_classes)
+        )
         _fold_masks(checkpoint["state_dict"], self.state_dict())
         self._check_shapes(checkpoint["state_dict"])
         if self._trainer is not None and self.rows is not None:
