@@ -179,6 +179,7 @@ class BenchmarkSpec:
     min_time_s: float = 0.5
     ort_threads: int | None = None
     device: str | None = None
+    exporter: str = "auto"
 
 
 @dataclass
@@ -524,6 +525,10 @@ def _benchmark(value: Any) -> BenchmarkSpec:
         raise ConfigError(f"benchmark.min_time_s must be a number >= 0, got {spec.min_time_s!r}")
     if spec.ort_threads is not None:
         _int("benchmark.ort_threads", spec.ort_threads, 1)
+    if spec.exporter not in ("auto", "dynamo", "torchscript"):
+        raise ConfigError(
+            f"benchmark.exporter: unknown {spec.exporter!r}: use auto, dynamo or torchscript"
+        )
     return spec
 
 

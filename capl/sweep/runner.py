@@ -316,7 +316,7 @@ def point_config(
         "init_args": {
             "batch_sizes": list(b.batch_sizes), "backends": list(b.backends),
             "ort_threads": b.ort_threads, "warmup": b.warmup, "repeats": b.repeats,
-            "min_time_s": b.min_time_s, "device": b.device,
+            "min_time_s": b.min_time_s, "device": b.device, "exporter": b.exporter,
             "output": str(folder / BENCHMARK_FILE), "run_name": point.point_id,
         },
     }
