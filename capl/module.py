@@ -76,7 +76,6 @@ class ImageClassifier(LightningModule):
         self.base_weights: str | None = None
         self.pruning_timings: dict[str, float] = {}
         self.retrain_epochs = 0
-        self.input_shape: tuple[int, int, int] | None = None
         self.rows: list[int] | None = None
         self.class_names: list[str] | None = None
         self.network: nn.Module | None = None
@@ -100,8 +99,6 @@ class ImageClassifier(LightningModule):
                 )
             self.head_classes = list(class_indices)
             self._build(len(self.head_classes))
-        if datamodule is not None and hasattr(datamodule, "input_shape"):
-            self.input_shape = tuple(datamodule.input_shape)
         self.configure_task(class_indices, getattr(datamodule, "class_names", None))
 
     def configure_task(
@@ -123,7 +120,6 @@ class ImageClassifier(LightningModule):
             setattr(self, f"{stage}_metrics", MetricCollection(scalars, prefix=f"{stage}/"))
             setattr(self, f"{stage}_per_class", MulticlassAccuracy(k, average=None))
         self.to(self.device)
-        self.test_summary: dict[str, Any] | None = None
 
     @override
     def forward(self, x: Tensor) -> Tensor:
@@ -168,16 +164,14 @@ class ImageClassifier(LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step("test", batch)
 
-    def _log_per_class(self, stage: str) -> list[float]:
+    def _log_per_class(self, stage: str) -> None:
         metric = getattr(self, f"{stage}_per_class")
         values = metric.compute().tolist()
         metric.reset()
         assert self.class_names is not None
         for name, value in zip(self.class_names, values):
-            self.log(
-                f"{stage}/acc_class/{name}", value, sync_dist=True
-            )  # already synced: a no-op mean
-        return values
+            # compute() already synced across ranks, so sync_dist only averages equal values
+            self.log(f"{stage}/acc_class/{name}", value, sync_dist=True)
 
     @override
     def on_validation_epoch_end(self) -> None:
@@ -185,15 +179,7 @@ class ImageClassifier(LightningModule):
 
     @override
     def on_test_epoch_end(self) -> None:
-        per_class = self._log_per_class("test")
-        metrics = {
-            k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")
-        }
-        self.test_summary = {
-            "accuracy": metrics.get("test/acc"),
-            "accuracy_macro": metrics.get("test/acc_macro"),
-            "accuracy_per_class": per_class,
-        }
+        self._log_per_class("test")
 
     @override
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
