@@ -491,3 +491,137 @@ def test_every_criterion_plans_and_applies(name: str) -> None:
         pruned = apply_plan(copy.deepcopy(model), replay)
         with torch.no_grad():
             assert pruned.eval()(_x()).shape == (2, CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-layer ratios (layer_ratios)
+
+
+def _expected_removed(groups, layer_ratios: dict[str, float], ratio: float) -> dict[str, int]:
+    """Channels each group should lose: first matching pattern's ratio, else ``ratio``."""
+    import fnmatch
+
+    out = {}
+    for g in groups:
+        q = next((r for p, r in layer_ratios.items() if fnmatch.fnmatch(g.key, p)), ratio)
+        out[g.key] = min(g.channels - 1, int(q * g.channels + 0.5))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("arch", "layer_ratios", "ratio", "size"),
+    [
+        ("resnet20", {"conv1": 0.25, "layer3.0.conv1": 0.75, "layer3.*": 0.5,
+                      "layer2.1.conv1": 0.0}, 0.1, 8),
+        ("vgg16_bn", {"features.0": 0.5, "features.1?": 0.75, "features.3*": 0.25}, 0.0, SIZE),
+    ],
+)
+def test_layer_ratios_give_per_group_counts(
+    arch: str, layer_ratios: dict[str, float], ratio: float, size: int
+) -> None:
+    from capl.pruning.structure import analyse
+
+    torch.manual_seed(0)
+    model = build_network(arch, CLASSES, small_input=True).eval()
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
+    criterion = _TestL1()
+    config = PruningConfig(ratio=ratio, layer_ratios=layer_ratios)
+    plan = make_plan(model, criterion, _scores(criterion, model), config, x)
+    groups = analyse(model, x).groups
+    expected = _expected_removed(groups, layer_ratios, ratio)
+    removed = {g.key: 0 for g in groups} | {k: len(idxs) for k, idxs in plan.removed}
+    assert removed == expected
+    assert len(set(expected.values())) > 2  # really per layer
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    for g in groups:
+        for name, _, _ in g.convs:
+            after = pruned.get_submodule(name).out_channels
+            assert after == g.channels - expected[g.key], name
+    with torch.no_grad():
+        assert pruned.eval()(x).shape == (2, CLASSES)
+
+
+def test_layer_ratios_first_pattern_wins_and_ignore_wins() -> None:
+    config = PruningConfig(0.2, layer_ratios={"layer3.0.conv1": 0.75, "layer3.*": 0.5})
+    assert config.ratio_for("layer3.0.conv1") == 0.75
+    assert config.ratio_for("layer3.1.conv1") == 0.5
+    assert config.ratio_for("conv1") == 0.2
+    model = build_network("resnet20", CLASSES).eval()
+    x = torch.randn(1, 3, 8, 8)
+    criterion = _TestL1()
+    config = PruningConfig(0.0, layer_ratios={"layer3.*": 0.5}, ignore=["layer3.0.*"])
+    plan = make_plan(model, criterion, _scores(criterion, model), config, x)
+    keys = {k for k, _ in plan.removed}
+    assert "layer3.1.conv1" in keys and not any(k.startswith("layer3.0.") for k in keys)
+    assert not any(k.startswith(("layer1", "layer2")) for k in keys)
+
+
+def test_layer_ratios_for_masks() -> None:
+    model = build_network("resnet20", CLASSES).eval()
+    x = torch.randn(1, 3, 8, 8)
+    for granularity in ("kernel", "weight"):
+        criterion = _TestRandomScores(granularity=granularity)
+        config = PruningConfig(0.0, layer_ratios={"layer1.0.conv1": 0.5, "layer2.*": 0.25})
+        plan = make_plan(model, criterion, _scores(criterion, model), config, x)
+        for name in prunable_layers(model, granularity):
+            keep = plan_mask(plan, name)
+            want = 0.5 if name == "layer1.0.conv1" else 0.25 if name.startswith("layer2.") else 0
+            assert int((~keep).sum()) == int(want * keep.numel() + 0.5), (granularity, name)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"layer_ratios": {"conv1": 1.0}}, r"layer_ratios\['conv1'\] = 1.0 is out of range"),
+        ({"layer_ratios": {"conv1": -0.1}}, r"layer_ratios\['conv1'\]"),
+        ({"layer_ratios": {"conv1": "half"}}, r"layer_ratios\['conv1'\] must be a number"),
+        ({"layer_ratios": {"conv1": True}}, "must be a number"),
+        ({"layer_ratios": ["conv1"]}, "layer_ratios must be a mapping"),
+        ({"layer_ratios": {"": 0.5}}, "keys must be module-name patterns"),
+        ({"layer_ratios": {"conv1": 0.5}, "scope": "global"},
+         "layer_ratios needs scope: layer and no target"),
+        ({"layer_ratios": {"conv1": 0.5}, "target": "macs"},
+         "layer_ratios needs scope: layer and no target"),
+    ],
+)
+def test_layer_ratios_config_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as info:
+        PruningConfig(ratio=0.5, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_layer_ratios_unknown_pattern_is_an_error() -> None:
+    model = build_network("resnet20", CLASSES).eval()
+    x = torch.randn(1, 3, 8, 8)
+    criterion = _TestL1()
+    scores = _scores(criterion, model)
+    with pytest.raises(ConfigError, match=r"'layer9\.\*' matches no prunable layer"):
+        make_plan(model, criterion, scores, PruningConfig(0.2, layer_ratios={"layer9.*": 0.5}), x)
+    # a non-key member of a coupled group: point at the group's key conv
+    with pytest.raises(ConfigError, match="group keyed by conv1: use 'conv1'"):
+        config = PruningConfig(0.2, layer_ratios={"layer1.0.conv2": 0.5})
+        make_plan(model, criterion, scores, config, x)
+    masks = _TestRandomScores(granularity="kernel")
+    with pytest.raises(ConfigError, match="'fc' matches no prunable layer"):
+        config = PruningConfig(0.2, layer_ratios={"fc": 0.5})
+        make_plan(model, masks, _scores(masks, model), config, x)
+    assert PruningConfig(0.2, layer_ratios={}).layer_ratios is None
+
+
+def test_layer_ratios_plan_json_round_trip() -> None:
+    model = build_network("resnet20", CLASSES).eval()
+    x = torch.randn(1, 3, 8, 8)
+    criterion = _TestL1()
+    config = PruningConfig(0.1, layer_ratios={"layer2.*": 0.5, "conv1": 0.25})
+    plan = make_plan(model, criterion, _scores(criterion, model), config, x)
+    text = json.dumps(plan.to_dict())
+    loaded = PruningPlan.from_dict(json.loads(text))
+    assert loaded.config == config
+    assert list(loaded.config.layer_ratios) == ["layer2.*", "conv1"]  # order kept
+    assert loaded.to_dict() == json.loads(text)
+    replayed = apply_plan(build_network("resnet20", CLASSES), loaded)
+    assert replayed.get_submodule("layer2.0.conv1").out_channels == 16
+    # plans written before layer_ratios existed still load
+    old = json.loads(text)
+    del old["config"]["layer_ratios"]
+    assert PruningPlan.from_dict(old).config.layer_ratios is None

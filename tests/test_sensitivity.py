@@ -111,3 +111,89 @@ def test_invalid_sensitivity_config(base_weights: str) -> None:
         parse_sensitivity_config(bad)
     config = parse_sensitivity_config(config_dict(base_weights))
     assert config.ratios == [0.0, 0.5, 0.9]
+
+
+def test_suggestion_feeds_a_layer_ratio_plan(base_weights: str) -> None:
+    """scan -> suggestion -> PruningConfig(layer_ratios=...) -> plan removes what the scan did."""
+    from capl.callbacks import PruningCallback
+    from capl.datamodules import DigitsSubset
+
+    from capl.evaluation import target_rows
+    from capl.models import build_network
+    from capl.pruning import PruningConfig, make_plan, prunable_layers
+    from capl.strategies import L1Norm
+    from capl.sweep.sensitivity import scan_layers, suggested_pruning, suggested_pruning_yaml
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        dm = DigitsSubset(classes=[3, 5, 8], samples_per_class=10,
+                          calibration_samples_per_class=2)
+        dm.setup("test")
+        net = build_network("resnet20", 10, True, base_weights).eval()
+        rows = target_rows(list(range(10)), dm.class_indices)
+        criterion = L1Norm()
+        # layer1.0.conv2 is a member of conv1's group: the scan names the unit by its key conv
+        layers = ["layer1.0.conv2", "layer2.0.conv1", "layer3.1.conv1"]
+        base, table = scan_layers(net, criterion, [], list(dm.test_dataloader()), rows,
+                                  [0.0, 0.25, 0.5], dm.input_shape, layers=layers)
+        # a deterministic mix of suggested ratios: cap each layer's scanned ratios
+        cap = {"conv1": 0.25, "layer2.0.conv1": 0.5, "layer3.1.conv1": 0.0}
+        capped = [r for r in table if r["ratio"] <= cap[r["layer"]]]
+        layer_ratios = suggest_ratios(capped, base, max_drop=1.0)
+        assert layer_ratios == cap
+        config = PruningConfig(ratio=0.0, scope="layer", layer_ratios=layer_ratios)
+        example = torch.zeros(1, *dm.input_shape)
+        plan = make_plan(net, criterion, criterion.score(net, prunable_layers(net), {}), config,
+                         example)
+        layers_after = plan.report["layers"]
+        for key, ratio in layer_ratios.items():
+            before = layers_after[key]["channels_before"]
+            assert before - layers_after[key]["channels_after"] == int(ratio * before + 0.5)
+        # groups are disjoint: the per-layer scans' channel removals add up
+        scanned = sum(r["channels_removed"] for r in table
+                      if r["ratio"] == layer_ratios[r["layer"]])
+        assert plan.report["channels_removed_fraction"] == pytest.approx(scanned, abs=1e-12)
+
+        suggestion = {"network": "resnet20", "dataset": "digits", "classes": [3, 5, 8],
+                      "base_weights": base_weights, "max_accuracy_drop": 1.0,
+                      "criterion": {"class_path": "capl.strategies.L1Norm", "init_args": {}},
+                      "layer_ratios": layer_ratios}
+        entry = suggested_pruning(suggestion)
+        assert yaml.safe_load(suggested_pruning_yaml(suggestion)) == [entry]
+        init_args = dict(entry["init_args"])
+        assert init_args["scope"] == "layer" and init_args["layer_ratios"] == layer_ratios
+        init_args["criterion"] = L1Norm()
+        callback = PruningCallback(**init_args)
+        assert callback.config == config
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_cli_writes_suggested_pruning_yaml(base_weights: str, tmp_path: Path) -> None:
+    from capl.pruning import PruningConfig
+
+    raw = config_dict(base_weights) | {"layers": ["layer1.0.conv2"], "ratios": [0.5]}
+    raw["data"]["init_args"] |= {"samples_per_class": 10, "calibration_samples_per_class": 2}
+    cfg = tmp_path / "sens.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    assert sensitivity_main(["--config", str(cfg), "--output", str(out)]) == 0
+    suggestion = json.loads((out / "suggestion.json").read_text())
+    assert list(suggestion["layer_ratios"]) == ["conv1"]  # the group's key conv
+    text = (out / "suggested_pruning.yaml").read_text()
+    assert text.startswith("#")
+    (entry,) = yaml.safe_load(text)
+    assert entry["class_path"] == "capl.callbacks.PruningCallback"
+    args = entry["init_args"]
+    assert args["criterion"]["class_path"] == "capl.strategies.L1Norm"
+    assert args["layer_ratios"] == suggestion["layer_ratios"]
+    PruningConfig(**{k: v for k, v in args.items() if k != "criterion"})
+
+
+def test_suggested_pruning_rejects_bad_ratios() -> None:
+    from capl.sweep.sensitivity import suggested_pruning
+
+    with pytest.raises(ConfigError, match="layer_ratios"):
+        suggested_pruning({"layer_ratios": {"conv1": 1.0},
+                           "criterion": {"class_path": "capl.strategies.L1Norm"}})

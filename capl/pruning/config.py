@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -33,6 +34,12 @@ class PruningConfig:
         round_to: Kept channel counts are multiples of this (structured pruning only).
         min_channels: Units every layer keeps at least (channels, or kernels / weights for masks).
             With 0, a budget that empties a layer is an error instead of being clamped.
+        layer_ratios: ``{fnmatch pattern: ratio}`` with ratios in [0, 1), or ``None``. Needs
+            ``scope: layer`` and no ``target``. A group whose key conv (its first conv in forward
+            order, the name plans use; for masks: the layer) matches a pattern removes that
+            ratio instead of ``ratio``; the first matching pattern in dict order wins, unmatched
+            groups use ``ratio``. Every pattern must match some prunable group / layer. A
+            ``capl-sensitivity`` ``suggestion.json`` holds such a mapping.
     """
 
     ratio: float
@@ -42,6 +49,7 @@ class PruningConfig:
     skip_first: int = 0
     round_to: int | None = None
     min_channels: int = 1
+    layer_ratios: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)):
@@ -76,6 +84,47 @@ class PruningConfig:
             raise ConfigError(f"min_channels must be an integer >= 0, got {self.min_channels!r}")
         if self.min_channels < 0:
             raise ConfigError(f"min_channels must be >= 0, got {self.min_channels}")
+        self.layer_ratios = self._check_layer_ratios(self.layer_ratios)
+
+    def _check_layer_ratios(self, value: Any) -> dict[str, float] | None:
+        """Validate ``layer_ratios``; an empty mapping is the same as ``None``."""
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"layer_ratios must be a mapping of module-name patterns to ratios, got {value!r}"
+            )
+        if not value:
+            return None
+        if self.scope != "layer" or self.target is not None:
+            raise ConfigError(
+                f"layer_ratios needs scope: layer and no target (got scope {self.scope!r}, "
+                f"target {self.target!r})"
+            )
+        out: dict[str, float] = {}
+        for pattern, ratio in value.items():
+            if not isinstance(pattern, str) or not pattern:
+                raise ConfigError(
+                    f"layer_ratios keys must be module-name patterns, got {pattern!r}"
+                )
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+                raise ConfigError(
+                    f"layer_ratios[{pattern!r}] must be a number in [0, 1), got {ratio!r}"
+                )
+            if not 0.0 <= float(ratio) < 1.0:
+                raise ConfigError(
+                    f"layer_ratios[{pattern!r}] = {ratio} is out of range: give a fraction in "
+                    "[0, 1)"
+                )
+            out[pattern] = float(ratio)
+        return out
+
+    def ratio_for(self, name: str) -> float:
+        """The ratio a group keyed by ``name`` (or a mask layer) removes under layer scope."""
+        for pattern, ratio in (self.layer_ratios or {}).items():
+            if fnmatch.fnmatch(name, pattern):
+                return ratio
+        return self.ratio
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""

@@ -178,9 +178,9 @@ def make_plan(
         The plan, with its realised report.
 
     Raises:
-        ConfigError: Unknown ignore pattern, invalid head rows, scores that do not fit the model,
-            a budget that would remove every channel / weight of a layer, or an unreachable
-            target.
+        ConfigError: Unknown ignore or layer_ratios pattern, invalid head rows, scores that do
+            not fit the model, a budget that would remove every channel / weight of a layer, or
+            an unreachable target.
     """
     structure = analyse(model, example_input)
     classifier = model.get_submodule(structure.classifier)
@@ -207,9 +207,10 @@ def make_plan(
     ratio = _choose_ratio(problem, config)
     counts = problem.counts(ratio)
     if counts is None:
+        which = " (or its layer_ratios entry)" if config.layer_ratios else ""
         raise ConfigError(
-            f"pruning ratio {config.ratio} would remove every unit of {problem.emptied(ratio)}: "
-            "lower the ratio or set min_channels >= 1"
+            f"pruning ratio {config.ratio}{which} would remove every unit of "
+            f"{problem.emptied(ratio)}: lower the ratio or set min_channels >= 1"
         )
     plan = PruningPlan(
         network=network or type(model).__name__,
@@ -269,6 +270,42 @@ def _excluded(structure: Structure, config: PruningConfig) -> set[str]:
         excluded.update(hits)
     excluded.update(structure.conv_order[: config.skip_first])
     return excluded
+
+
+def _check_layer_ratios(
+    config: PruningConfig, keys: Sequence[str], members: dict[str, list[str]] | None = None
+) -> None:
+    """Every ``config.layer_ratios`` pattern must match one of ``keys``.
+
+    Args:
+        config: The pruning config.
+        keys: Names the patterns match: all group key convs (filter) or prunable layers (masks),
+            ignored ones included (ignore wins over a ratio).
+        members: Per key the convs of its group, to point at the key when a pattern names only
+            a non-key member.
+
+    Raises:
+        ConfigError: A pattern matches none of ``keys``.
+    """
+    for pattern in config.layer_ratios or {}:
+        if any(fnmatch.fnmatch(k, pattern) for k in keys):
+            continue
+        hint = ""
+        for key, names in (members or {}).items():
+            hit = next((n for n in names if fnmatch.fnmatch(n, pattern)), None)
+            if hit is not None:
+                hint = f" ({hit} is pruned with the group keyed by {key}: use {key!r})"
+                break
+        raise ConfigError(
+            f"layer_ratios pattern {pattern!r} matches no prunable layer of this network{hint}: "
+            f"patterns match a channel group's first conv or a masked layer (e.g. "
+            f"{', '.join(list(keys)[:3])})"
+        )
+
+
+def _unit_ratios(config: PruningConfig, keys: Sequence[str]) -> list[float] | None:
+    """Layer-scope ratio per key from ``config.layer_ratios``; ``None`` without it."""
+    return [config.ratio_for(k) for k in keys] if config.layer_ratios else None
 
 
 def _normalise(score: Tensor, how: str) -> Tensor:
@@ -363,6 +400,11 @@ class _FilterProblem(_Problem):
                 continue  # only conv output channels are structured units
             s = _as_scores(name, score, (layer.out_channels,))
             normalised[name] = _normalise(s, normalization)
+        _check_layer_ratios(
+            config,
+            [g.key for g in structure.groups],
+            {g.key: [n for n, _, _ in g.convs] for g in structure.groups},
+        )
         self.groups: list[ChannelGroup] = []
         self.orders: list[Tensor] = []
         self.costs: list[list[tuple[tuple[str, str], int | Tensor]]] = []
@@ -387,6 +429,7 @@ class _FilterProblem(_Problem):
             self.costs.append(items)
         # filters a group channel stands for: one per conv whose output it removes
         self.filters = torch.tensor([len(g.convs) for g in self.groups], dtype=torch.float64)
+        self.ratios = _unit_ratios(config, [g.key for g in self.groups])
         self.total_filters = float(sum(g.channels * len(g.convs) for g in self.groups))
         if config.scope == "global" and self.groups:
             flat = torch.cat(group_scores)
@@ -404,7 +447,8 @@ class _FilterProblem(_Problem):
 
     def _raw(self, r: float) -> list[int]:
         if self.config.scope == "layer":
-            return [_round_half_up(r * g.channels) for g in self.groups]
+            ratios = self.ratios or [r] * len(self.groups)
+            return [_round_half_up(q * g.channels) for q, g in zip(ratios, self.groups)]
         # smallest prefix of the global ranking that removes a fraction r of the filters
         m = int(torch.searchsorted(self.cum_filters, r * self.total_filters - 1e-9)) + 1
         m = 0 if r <= 0 else min(m, len(self.sorted_gid))
@@ -513,6 +557,7 @@ class _MaskProblem(_Problem):
         self.head_macs = head_cut * classifier.in_channels * classifier.positions
         self.head_params = head_cut * (classifier.in_channels + int(classifier.bias))
         _check_names(scores, structure)
+        _check_layer_ratios(config, list(prunable_layers(model, granularity)))
         self.names: list[str] = []
         self.shapes: list[tuple[int, ...]] = []
         self.flat: list[Tensor] = []
@@ -535,6 +580,7 @@ class _MaskProblem(_Problem):
             self.unit_params.append(per_unit)
             self.unit_macs.append(per_unit * layer.positions)
         self.units = [s.numel() for s in self.flat]
+        self.ratios = _unit_ratios(config, self.names)
         self._memo: dict[int, list[int]] = {}
         self.sorted_lid: Tensor | None = None
         if config.scope == "global" and self.names and config.target is not None:
@@ -550,7 +596,8 @@ class _MaskProblem(_Problem):
 
     def _raw(self, r: float) -> list[int]:
         if self.config.scope == "layer":
-            return [_round_half_up(r * u) for u in self.units]
+            ratios = self.ratios or [r] * len(self.units)
+            return [_round_half_up(q * u) for q, u in zip(ratios, self.units)]
         m = _round_half_up(r * sum(self.units))
         if m not in self._memo:
             if self.sorted_lid is not None:

@@ -12,8 +12,12 @@ split is recorded. Outputs in the output folder:
 * ``sensitivity.png``: accuracy vs ratio, one line per layer, coloured by depth.
 * ``suggestion.json``: per layer the largest scanned ratio whose accuracy drop stays within
   ``max_accuracy_drop`` (and, with ``contiguous``, every smaller ratio too), as
-  ``layer_ratios: {module name: ratio}``. The names are exact module names, valid as ``fnmatch``
-  patterns, meant for a per-layer ratio option of the pruning run (see ``usage`` in the file).
+  ``layer_ratios: {module name: ratio}``. The names are the scan units' names (for filter
+  criteria a group's key conv, for masks the layer), exactly what
+  ``PruningConfig.layer_ratios`` / ``PruningCallback(layer_ratios=...)`` matches.
+* ``suggested_pruning.yaml``: the same as a ``PruningCallback`` entry (``class_path`` and
+  ``init_args`` with the criterion, ``scope: layer``, ``ratio: 0.0`` for unscanned groups and
+  ``layer_ratios``), to paste under ``trainer.callbacks`` of a run config.
 
 The sensitivity YAML::
 
@@ -70,9 +74,13 @@ __all__ = [
     "run_sensitivity",
     "scan_layers",
     "suggest_ratios",
+    "suggested_pruning",
+    "suggested_pruning_yaml",
 ]
 
 log = logging.getLogger(__name__)
+
+SUGGESTED_PRUNING_FILE = "suggested_pruning.yaml"
 
 CSV_COLUMNS = ("layer", "ratio", "accuracy", "accuracy_drop", "macs_removed", "params_removed",
                "channels_removed", "members")
@@ -302,6 +310,53 @@ def suggest_ratios(
     return suggestion
 
 
+def suggested_pruning(suggestion: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``PruningCallback`` entry that prunes every layer at its suggested ratio.
+
+    Args:
+        suggestion: ``suggestion.json`` content (``layer_ratios`` and ``criterion``).
+
+    Returns:
+        ``{"class_path": "capl.callbacks.PruningCallback", "init_args": {...}}`` with the
+        criterion, ``ratio: 0.0`` (groups that were not scanned stay whole), ``scope: layer``
+        and ``layer_ratios``.
+
+    Raises:
+        ConfigError: The suggestion's ratios are not a valid ``PruningConfig.layer_ratios``.
+    """
+    from capl.pruning import PruningConfig
+
+    layer_ratios = {str(k): float(v) for k, v in dict(suggestion["layer_ratios"]).items()}
+    PruningConfig(ratio=0.0, scope="layer", layer_ratios=layer_ratios)  # validate eagerly
+    criterion = dict(suggestion["criterion"])
+    return {
+        "class_path": "capl.callbacks.PruningCallback",
+        "init_args": {
+            "criterion": {"class_path": criterion["class_path"],
+                          "init_args": dict(criterion.get("init_args") or {})},
+            "ratio": 0.0,
+            "scope": "layer",
+            "layer_ratios": layer_ratios,
+        },
+    }
+
+
+def suggested_pruning_yaml(suggestion: Mapping[str, Any]) -> str:
+    """``suggested_pruning.yaml`` text: a commented one-item ``trainer.callbacks`` list."""
+    header = (
+        f"# capl-sensitivity suggestion for {suggestion.get('network')} on "
+        f"{suggestion.get('dataset')} classes {suggestion.get('classes')}: each layer at the\n"
+        f"# largest ratio that kept the accuracy drop within "
+        f"{suggestion.get('max_accuracy_drop')} when pruned alone (drops add up).\n"
+        "# Paste this item under trainer.callbacks of a run config in place of its\n"
+        "# PruningCallback (e.g. configs/runs/prune_test.yaml) and point model.weights at\n"
+        f"# {suggestion.get('base_weights')}. Layers not listed keep ratio (0.0: unpruned).\n"
+    )
+    body = yaml.safe_dump([suggested_pruning(suggestion)], sort_keys=False,
+                          default_flow_style=False)
+    return header + body
+
+
 def plot_sensitivity(
     rows: Sequence[Mapping[str, Any]], base_accuracy: float, path: str | Path, top: int = 6
 ) -> Path:
@@ -361,7 +416,7 @@ def _instantiate(spec: Mapping[str, Any]) -> Any:
 
 
 def run_sensitivity(config: SensitivityConfig, output: str | Path) -> SensitivityResult:
-    """Run the scan described by a sensitivity YAML and write its three outputs.
+    """Run the scan described by a sensitivity YAML and write its outputs.
 
     The base model comes from ``base.checkpoint``, or is trained once with ``capl fit`` and
     cached in ``OUTPUT/base/`` (as in sweeps).
@@ -424,13 +479,15 @@ def run_sensitivity(config: SensitivityConfig, output: str | Path) -> Sensitivit
         "usage": "layer_ratios maps module names (fnmatch patterns; for filter criteria the first "
                  "conv of a coupled group) to the largest ratio that kept the accuracy drop within "
                  "max_accuracy_drop when that layer alone was pruned; give it to a pruning run as "
-                 "PruningCallback(layer_ratios=...) with scope: layer. Drops of several layers "
-                 "add up: lower max_accuracy_drop or retrain.",
+                 "PruningCallback(layer_ratios=...) with scope: layer (ready-made: "
+                 f"{SUGGESTED_PRUNING_FILE} next to this file). Drops of several layers add up: "
+                 "lower max_accuracy_drop or retrain.",
     }
     output.mkdir(parents=True, exist_ok=True)
     _write_csv(table, output / "sensitivity.csv")
     plot_sensitivity(table, base_accuracy, output / "sensitivity.png")
     write_json_atomic(output / "suggestion.json", suggestion)
+    write_text_atomic(output / SUGGESTED_PRUNING_FILE, suggested_pruning_yaml(suggestion))
     return SensitivityResult(base_accuracy=base_accuracy,
                              layers=list(dict.fromkeys(r["layer"] for r in table)),
                              rows=table, suggestion=suggestion)
