@@ -452,3 +452,11 @@ def test_log_benchmark_scalars_and_tensorboard(tmp_path):
     log_benchmark(tb, result)
     tb.finalize("success")
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_per_class_figure_shows_before_and_after_accuracy() -> None:
+    from capl.benchmark.tensorboard import per_class_figure
+
+    figure = per_class_figure({"3": 0.99, "5": 1.0}, {"3": 0.5, "5": 0.25})
+    bars = [patch.get_height() for patch in figure.axes[0].patches]
+    assert bars == pytest.approx([99.0, 100.0, 50.0, 25.0])

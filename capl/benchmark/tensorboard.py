@@ -100,8 +100,38 @@ def per_layer_figure(per_layer: Mapping[str, Mapping[str, Any]]) -> Any:
     return figure
 
 
+def per_class_figure(before: Mapping[str, float], after: Mapping[str, float]) -> Any:
+    """Grouped bars of each class's test accuracy before and after pruning.
+
+    Args:
+        before: ``accuracy_per_class`` of the base model (class name -> fraction).
+        after: ``accuracy_per_class`` of the model under test.
+
+    Returns:
+        A ``matplotlib.figure.Figure``.
+    """
+    from matplotlib.figure import Figure
+
+    names = list(before)
+    positions = range(len(names))
+    figure = Figure(figsize=(max(5.0, 0.6 * len(names)), 3.5))
+    axes = figure.add_subplot()
+    width = 0.4
+    axes.bar([p - width / 2 for p in positions], [100 * before[n] for n in names], width,
+             label="before", color="tab:gray")  # fmt: skip
+    axes.bar([p + width / 2 for p in positions], [100 * after.get(n, 0.0) for n in names], width,
+             label="after", color="tab:blue")  # fmt: skip
+    axes.set_xticks(list(positions), names, rotation=45 if len(names) > 8 else 0)
+    axes.set_ylim(0, 105)
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_title("per-class accuracy on the selected classes")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
 def log_benchmark(lightning_logger: Any, result: Mapping[str, Any]) -> None:
-    """Log scalars, hyper-parameters and a per-layer figure of ``result`` to one logger.
+    """Log scalars, hyper-parameters, per-layer and per-class figures of ``result`` to a logger.
 
     Scalars go through ``log_metrics`` (any Lightning logger). Hyper-parameters with the
     headline metrics and the figure plus a text table go to TensorBoard only (loggers whose
@@ -130,6 +160,10 @@ def log_benchmark(lightning_logger: Any, result: Mapping[str, Any]) -> None:
             lightning_logger.log_hyperparams(hparams, metrics=scalars)
         if result.get("per_layer"):
             experiment.add_figure("benchmark/per_layer", per_layer_figure(result["per_layer"]))
+        before, after = result.get("before") or {}, result.get("after") or {}
+        if before.get("accuracy_per_class") and after.get("accuracy_per_class"):
+            figure = per_class_figure(before["accuracy_per_class"], after["accuracy_per_class"])
+            experiment.add_figure("benchmark/per_class_accuracy", figure)
         if result.get("before") and result.get("after"):
             from capl.benchmark.report import format_table
 
