@@ -110,7 +110,7 @@ def sensitivity_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="capl-sensitivity",
         description="Prune one layer at a time at several ratios and record the accuracy; "
-        "writes sensitivity.csv, sensitivity.png and suggestion.json.",
+        "writes sensitivity.csv, sensitivity.png, suggestion.json and suggested_pruning.yaml.",
     )
     parser.add_argument("--config", required=True, type=Path, help="sensitivity YAML")
     parser.add_argument("--output", required=True, type=Path, help="output folder")
@@ -127,6 +127,6 @@ def sensitivity_main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.write(
         f"capl-sensitivity: {len(result.layers)} layers x {len(config.ratios)} ratios, base "
         f"accuracy {result.base_accuracy:.4f}; wrote sensitivity.csv, sensitivity.png, "
-        f"suggestion.json to {args.output}\n"
+        f"suggestion.json, suggested_pruning.yaml to {args.output}\n"
     )
     return 0
