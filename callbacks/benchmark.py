@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -15,10 +17,22 @@ from torch import nn
 from typing_extensions import override
 
 import capl
+from capl.benchmark import (
+    environment_info,
+    format_table,
+    paired_latency,
+    per_layer_diff,
+    profile_model,
+    realised,
+)
+from capl.benchmark.tensorboard import log_benchmark
+from capl.callbacks.pruning import PruningCallback
 from capl.errors import ConfigError
 from capl.evaluation import accuracy_from_confusion, confusion_matrix, target_rows
 from capl.io import write_json_atomic
+from capl.models import build_network
 from capl.module import ImageClassifier
+from capl.pruning import make_masks_permanent
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +63,8 @@ class BenchmarkCallback(Callback):
         run_name: A name recorded under ``run.name`` (sweeps put the grid point id here).
         exporter: ONNX exporter: ``auto`` (dynamo, falling back to TorchScript), ``dynamo`` or
             ``torchscript`` (several times faster to export; fails on some adaptive pools).
+        rounds: The base and the pruned model are timed in this many alternating rounds (ABBA
+            order), so changes in machine load hit both alike.
     """
 
     def __init__(
@@ -63,6 +79,7 @@ class BenchmarkCallback(Callback):
         output: str | None = None,
         run_name: str | None = None,
         exporter: Literal["auto", "dynamo", "torchscript"] = "auto",
+        rounds: int = 4,
     ) -> None:
         super().__init__()
         self.batch_sizes = list(batch_sizes or [1, 32])
@@ -82,6 +99,9 @@ class BenchmarkCallback(Callback):
         self.output = output
         self.run_name = run_name
         self.exporter = exporter
+        if rounds < 1:
+            raise ConfigError(f"rounds must be >= 1, got {rounds}")
+        self.rounds = rounds
         self.result: dict[str, Any] | None = None
 
     @override
@@ -99,33 +119,48 @@ class BenchmarkCallback(Callback):
         pruning = _find_pruning_callback(trainer)
         base, base_head = self._base_model(module, pruning)
         after_net = copy.deepcopy(module.network).cpu()
-        from capl.pruning import make_masks_permanent
-
         make_masks_permanent(after_net)
         assert module.head_classes is not None
         input_shape = tuple(datamodule.input_shape)
         device = self.device or ("cuda" if trainer.strategy.root_device.type == "cuda" else "cpu")
         workdir = output.parent
         blocks = {}
-        for key, net, head in (
-            ("before", base, base_head),
-            ("after", after_net, module.head_classes),
-        ):
-            rows = target_rows(head, datamodule.class_indices)
-            net = net.to(device)
-            counts = confusion_matrix(net, datamodule.test_dataloader(), rows)
-            acc = accuracy_from_confusion(counts)
-            block = {
-                "accuracy": acc["accuracy"],
-                "accuracy_macro": acc["accuracy_macro"],
-                "accuracy_per_class": dict(zip(datamodule.class_names, acc["accuracy_per_class"])),
-                "test_samples": acc["samples"],
-            }
-            block.update(self._profile(net, input_shape, device, workdir / f".onnx_{key}"))
-            blocks[key] = block
+        nets = {"before": (base, base_head), "after": (after_net, module.head_classes)}
+        with tempfile.TemporaryDirectory(prefix="capl-onnx-") as onnx_dir:
+            for key, (net, head) in nets.items():
+                rows = target_rows(head, datamodule.class_indices)
+                net.to(device)
+                acc = accuracy_from_confusion(
+                    confusion_matrix(net, datamodule.test_dataloader(), rows)
+                )
+                names = datamodule.class_names
+                blocks[key] = {
+                    "accuracy": acc["accuracy"],
+                    "accuracy_macro": acc["accuracy_macro"],
+                    "accuracy_per_class": dict(zip(names, acc["accuracy_per_class"])),
+                    "test_samples": acc["samples"],
+                    **self._profile(net, input_shape, device, Path(onnx_dir) / key),
+                }
+            # both models timed together, interleaved, so the speed-up is not machine noise
+            onnx = [(blocks[k].get("onnx") or {}).get("path") for k in nets]
+            latencies = paired_latency(
+                [net for net, _ in nets.values()],
+                onnx,
+                input_shape,
+                batch_sizes=self.batch_sizes,
+                backends=self.backends,
+                device=device,
+                ort_threads=self._ort_threads(),
+                warmup=self.warmup,
+                repeats=self.repeats,
+                min_time_s=self.min_time_s,
+                rounds=self.rounds,
+            )
+        for key, latency in zip(nets, latencies):
+            blocks[key]["latency_ms"] = latency
+            blocks[key].get("onnx", {}) and blocks[key]["onnx"].update(path=None)
+        for net, _ in nets.values():
             net.cpu()
-        from capl.benchmark import environment_info, per_layer_diff, realised
-
         plan = module.pruning_plan or {}
         timings = dict(getattr(module, "pruning_timings", None) or {})
         result = {
@@ -146,7 +181,7 @@ class BenchmarkCallback(Callback):
             "ratio": (plan.get("config") or {}).get("ratio"),
             "scope": (plan.get("config") or {}).get("scope"),
             "target": (plan.get("config") or {}).get("target"),
-            "seed": _seed(trainer),
+            "seed": _seed(),
             "retrain_epochs": module.retrain_epochs,
             "before": blocks["before"],
             "after": blocks["after"],
@@ -162,8 +197,6 @@ class BenchmarkCallback(Callback):
         path = write_json_atomic(output, result)
         self.result = result
         self._log(trainer, result)
-        from capl.benchmark import format_table
-
         rank_zero_info(
             f"capl benchmark ({path}):\n{format_table(result['before'], result['after'])}"
         )
@@ -174,8 +207,6 @@ class BenchmarkCallback(Callback):
     def _profile(
         self, net: nn.Module, input_shape: tuple[int, ...], device: str, workdir: Path
     ) -> dict:
-        from capl.benchmark import profile_model
-
         return profile_model(
             net,
             input_shape,
@@ -188,15 +219,16 @@ class BenchmarkCallback(Callback):
             repeats=self.repeats,
             min_time_s=self.min_time_s,
             exporter=self.exporter,
+            latency=False,
         )
 
-    def _base_model(self, module: ImageClassifier, pruning: Any) -> tuple[nn.Module, list[int]]:
+    def _base_model(
+        self, module: ImageClassifier, pruning: PruningCallback | None
+    ) -> tuple[nn.Module, list[int]]:
         if pruning is not None and pruning.base_network is not None:
             return copy.deepcopy(pruning.base_network), list(pruning.base_head_classes)
         source = getattr(module, "base_weights", None)
         if module.pruning_plan is not None and source:
-            from capl.models import build_network
-
             head = list(module.base_head_classes or [])
             net = build_network(
                 module.hparams.network, len(head), module.hparams.small_input, source
@@ -210,21 +242,16 @@ class BenchmarkCallback(Callback):
         return Path(trainer.log_dir or trainer.default_root_dir) / BENCHMARK_FILE
 
     def _log(self, trainer: Trainer, result: dict[str, Any]) -> None:
-        from capl.benchmark.tensorboard import log_benchmark
-
         for logger in trainer.loggers:
             log_benchmark(logger, result)
 
 
-def _find_pruning_callback(trainer: Trainer) -> Any:
-    from capl.callbacks.pruning import PruningCallback
-
+def _find_pruning_callback(trainer: Trainer) -> PruningCallback | None:
     return next((cb for cb in trainer.callbacks if isinstance(cb, PruningCallback)), None)
 
 
-def _seed(trainer: Trainer) -> int | None:
-    import os
-
+def _seed() -> int | None:
+    """The seed ``seed_everything`` set for this run (Lightning exports it to workers this way)."""
     value = os.environ.get("PL_GLOBAL_SEED")
     return int(value) if value is not None else None
 

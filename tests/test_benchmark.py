@@ -460,3 +460,27 @@ def test_per_class_figure_shows_before_and_after_accuracy() -> None:
     figure = per_class_figure({"3": 0.99, "5": 1.0}, {"3": 0.5, "5": 0.25})
     bars = [patch.get_height() for patch in figure.axes[0].patches]
     assert bars == pytest.approx([99.0, 100.0, 50.0, 25.0])
+
+
+def test_measure_interleaved_alternates_models_and_summarises_each() -> None:
+    import contextlib
+
+    from capl.benchmark import measure_interleaved
+
+    calls: list[str] = []
+
+    @contextlib.contextmanager
+    def fake_timer(name: str, ms: float):
+        def step() -> float:
+            calls.append(name)
+            return ms
+
+        yield step, {"backend": name}
+
+    results = measure_interleaved(
+        [fake_timer("a", 2.0), fake_timer("b", 5.0)], warmup=1, repeats=4, min_time_s=0, rounds=2
+    )
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] + ["b", "b", "a", "a"]  # warm-up, A B, B A
+    assert [r["median_ms"] for r in results] == [2.0, 5.0]
+    assert [r["repeats"] for r in results] == [4, 4]
+    assert [r["backend"] for r in results] == ["a", "b"] and results[0]["rounds"] == 2

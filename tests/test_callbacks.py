@@ -1,4 +1,4 @@
-"""Pruning and benchmark callbacks through the real CLI: prune, retrain, checkpoints, resume, DDP."""
+"""Pruning and benchmark callbacks through the real CLI: prune, retrain, resume, DDP."""
 
 from __future__ import annotations
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from capl.datamodules import DigitsSubset
 from lightning.pytorch import Trainer
 
 from capl.cli import main
+from capl.datamodules import DigitsSubset
 from capl.errors import ConfigError
 from capl.evaluation import accuracy_from_confusion, confusion_matrix, target_rows
 from capl.module import ImageClassifier

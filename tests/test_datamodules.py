@@ -10,17 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from capl.datamodules import (
-    IMAGENET_SUBSETS,
-    CIFAR10Subset,
-    CIFAR100Subset,
-    ClassSubsetDataModule,
-    DigitsSubset,
-    FashionMNISTSubset,
-    GTSRBSubset,
-    ImageNetSubset,
-    imagenet_classes,
-)
 from fixtures_data import (
     cifar_checksums_skipped,
     decode_classes,
@@ -33,6 +22,17 @@ from fixtures_data import (
 )
 from torchvision.transforms import v2
 
+from capl.datamodules import (
+    IMAGENET_SUBSETS,
+    CIFAR10Subset,
+    CIFAR100Subset,
+    ClassSubsetDataModule,
+    DigitsSubset,
+    FashionMNISTSubset,
+    GTSRBSubset,
+    ImageNetSubset,
+    imagenet_classes,
+)
 from capl.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

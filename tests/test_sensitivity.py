@@ -68,7 +68,6 @@ def test_scan_writes_table_plot_and_suggestion(base_weights: str, tmp_path: Path
 
 def test_ratio_zero_is_the_base_accuracy_in_plain_scan(base_weights: str) -> None:
     from capl.datamodules import DigitsSubset
-
     from capl.evaluation import accuracy_from_confusion, confusion_matrix, target_rows
     from capl.models import build_network
     from capl.strategies import OCAP
@@ -117,7 +116,6 @@ def test_suggestion_feeds_a_layer_ratio_plan(base_weights: str) -> None:
     """scan -> suggestion -> PruningConfig(layer_ratios=...) -> plan removes what the scan did."""
     from capl.callbacks import PruningCallback
     from capl.datamodules import DigitsSubset
-
     from capl.evaluation import target_rows
     from capl.models import build_network
     from capl.pruning import PruningConfig, make_plan, prunable_layers

@@ -16,16 +16,20 @@ from capl.benchmark.counting import (
 from capl.benchmark.environment import environment_info
 from capl.benchmark.latency import (
     make_input,
+    measure_interleaved,
     measure_latency_onnxruntime,
     measure_latency_torch,
     ort_session,
+    ort_timer,
     peak_memory,
+    torch_timer,
 )
 from capl.benchmark.onnx_export import export_onnx
 from capl.benchmark.report import (
     batch_key,
     compare_models,
     format_table,
+    paired_latency,
     profile_model,
     realised,
 )
@@ -51,9 +55,12 @@ __all__ = [
     "has_masks",
     "layer_report",
     "make_input",
+    "measure_interleaved",
     "measure_latency_onnxruntime",
     "measure_latency_torch",
     "ort_session",
+    "ort_timer",
+    "paired_latency",
     "peak_memory",
     "per_layer_diff",
     "profile_model",
@@ -62,4 +69,5 @@ __all__ = [
     "sparse_encode",
     "sparse_size_bytes",
     "state_dict_size_bytes",
+    "torch_timer",
 ]

@@ -137,40 +137,25 @@ def _runnable(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
         yield deployable_copy(model, device)
 
 
-def measure_latency_torch(
+Timer = Iterator[tuple[Callable[[], float], dict[str, Any]]]
+
+
+@contextlib.contextmanager
+def torch_timer(
     model: nn.Module,
     input_shape: tuple[int, ...],
     batch_size: int = 1,
     device: str | torch.device = "cpu",
-    warmup: int = 10,
-    repeats: int = 50,
-    min_time_s: float = 1.0,
     seed: int = 0,
     threads: int | None = None,
-) -> dict[str, Any]:
-    """Forward-pass latency in PyTorch (eval mode, ``torch.inference_mode``).
+) -> Timer:
+    """A ready PyTorch forward for timing: yields ``(step, info)``; ``step()`` returns ms.
 
-    CPU runs are timed with ``time.perf_counter``; CUDA runs with CUDA events around each
-    forward followed by a synchronize, so asynchronous launches are not mistaken for speed.
-
-    Args:
-        model: The network; its training flags are restored afterwards and masked models are
-            timed on a copy with masks made permanent.
-        input_shape: ``(C, H, W)`` of one image.
-        batch_size: Images per forward.
-        device: ``"cpu"`` or ``"cuda"``/``"cuda:N"``.
-        warmup: Untimed forwards first.
-        repeats: Minimum number of timed forwards.
-        min_time_s: Minimum total timed seconds.
-        seed: Input seed (identical inputs across calls and models).
-        threads: ``torch.set_num_threads`` for the measurement (restored afterwards);
-            ``None`` keeps the current setting.
-
-    Returns:
-        ``{"median_ms", "p90_ms", "mean_ms", "std_ms", "min_ms", "repeats", "total_s",
-        "batch_size", "device", "threads", "backend": "torch"}``.
+    Eval mode and ``torch.inference_mode`` inside; CPU steps are timed with
+    ``time.perf_counter``, CUDA steps with CUDA events around the forward followed by a
+    synchronize, so asynchronous launches are not mistaken for speed. The model's training
+    flags and the thread setting are restored on exit; masked models run as a deployable copy.
     """
-    _check_protocol(warmup, repeats, min_time_s)
     dev = _resolve_device(device)
     x = make_input(input_shape, batch_size, seed, dev)
     with _torch_threads(threads) as n_threads, _runnable(model, dev) as net:
@@ -194,12 +179,90 @@ def measure_latency_torch(
                     net(x)
                     return (time.perf_counter() - t0) * 1000.0
 
-            times = _time_loop(step, warmup, repeats, min_time_s)
-    result = _summary(times)
-    result.update(
-        batch_size=int(batch_size), device=str(dev), threads=int(n_threads), backend="torch"
-    )
-    return result
+            info = {
+                "batch_size": int(batch_size),
+                "device": str(dev),
+                "threads": int(n_threads),
+                "backend": "torch",
+            }
+            yield step, info
+
+
+def measure_latency_torch(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    warmup: int = 10,
+    repeats: int = 50,
+    min_time_s: float = 1.0,
+    seed: int = 0,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Forward-pass latency in PyTorch (eval mode, ``torch.inference_mode``).
+
+    Args:
+        model: The network; its training flags are restored afterwards and masked models are
+            timed on a copy with masks made permanent.
+        input_shape: ``(C, H, W)`` of one image.
+        batch_size: Images per forward.
+        device: ``"cpu"`` or ``"cuda"``/``"cuda:N"`` (CUDA events with synchronisation).
+        warmup: Untimed forwards first.
+        repeats: Minimum number of timed forwards.
+        min_time_s: Minimum total timed seconds.
+        seed: Input seed (identical inputs across calls and models).
+        threads: ``torch.set_num_threads`` for the measurement (restored afterwards);
+            ``None`` keeps the current setting.
+
+    Returns:
+        ``{"median_ms", "p90_ms", "mean_ms", "std_ms", "min_ms", "repeats", "total_s",
+        "batch_size", "device", "threads", "backend": "torch"}``.
+    """
+    _check_protocol(warmup, repeats, min_time_s)
+    with torch_timer(model, input_shape, batch_size, device, seed, threads) as (step, info):
+        times = _time_loop(step, warmup, repeats, min_time_s)
+    return _summary(times) | info
+
+
+def measure_interleaved(
+    timers: list[contextlib.AbstractContextManager[tuple[Callable[[], float], dict[str, Any]]]],
+    warmup: int = 10,
+    repeats: int = 50,
+    min_time_s: float = 1.0,
+    rounds: int = 4,
+) -> list[dict[str, Any]]:
+    """Time several models in alternating rounds, so load changes hit them all alike.
+
+    Comparing a base and a pruned model measured minutes apart on a shared machine mixes
+    the speed-up with the machine's mood; here every round times each model in turn (order
+    reversed every other round: A B B A ...), each round taking its share of ``repeats`` and
+    ``min_time_s``, and each model's summary is over all its rounds.
+
+    Args:
+        timers: One :func:`torch_timer` / :func:`ort_timer` per model (not yet entered).
+        warmup: Untimed runs of each model first.
+        repeats: Minimum timed runs per model in total.
+        min_time_s: Minimum timed seconds per model in total.
+        rounds: Number of alternating rounds.
+
+    Returns:
+        One summary per timer (as :func:`measure_latency_torch` returns), plus ``rounds``.
+    """
+    _check_protocol(warmup, repeats, min_time_s)
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    with contextlib.ExitStack() as stack:
+        entered = [stack.enter_context(timer) for timer in timers]
+        for step, _ in entered:
+            for _ in range(warmup):
+                step()
+        times: list[list[float]] = [[] for _ in entered]
+        per_round = -(-repeats // rounds)
+        for r in range(rounds):
+            order = range(len(entered)) if r % 2 == 0 else reversed(range(len(entered)))
+            for i in order:
+                times[i] += _time_loop(entered[i][0], 0, per_round, min_time_s / rounds)
+        return [_summary(t) | info | {"rounds": rounds} for t, (_, info) in zip(times, entered)]
 
 
 def ort_session(
@@ -238,6 +301,38 @@ def ort_session(
     return ort.InferenceSession(os.fspath(onnx_path), options, providers=providers)
 
 
+@contextlib.contextmanager
+def ort_timer(
+    onnx_path: str | os.PathLike,
+    input_shape: tuple[int, ...],
+    batch_size: int = 1,
+    threads: int = 1,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> Timer:
+    """A ready ONNX Runtime session for timing: yields ``(step, info)``; ``step()`` returns ms.
+
+    Timed with ``time.perf_counter`` around ``session.run`` (which returns host arrays, so it
+    is synchronous; on CUDA this includes the host-device copies of input and output).
+    """
+    session = ort_session(onnx_path, threads, device)
+    feed = {session.get_inputs()[0].name: make_input(input_shape, batch_size, seed).numpy()}
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        return (time.perf_counter() - t0) * 1000.0
+
+    provider = session.get_providers()[0]
+    yield step, {
+        "batch_size": int(batch_size),
+        "device": "cuda" if provider == "CUDAExecutionProvider" else "cpu",
+        "threads": int(threads),
+        "provider": provider,
+        "backend": "onnxruntime",
+    }
+
+
 def measure_latency_onnxruntime(
     onnx_path: str | os.PathLike,
     input_shape: tuple[int, ...],
@@ -250,9 +345,6 @@ def measure_latency_onnxruntime(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Inference latency in ONNX Runtime on the same seeded inputs as PyTorch.
-
-    Timed with ``time.perf_counter`` around ``session.run`` (which returns host arrays, so it
-    is synchronous; on CUDA this includes the host-device copies of input and output).
 
     Args:
         onnx_path: Model exported by :func:`capl.benchmark.export_onnx` (dynamic batch).
@@ -270,25 +362,9 @@ def measure_latency_onnxruntime(
         "batch_size", "device", "threads", "provider", "backend": "onnxruntime"}``.
     """
     _check_protocol(warmup, repeats, min_time_s)
-    session = ort_session(onnx_path, threads, device)
-    feed = {session.get_inputs()[0].name: make_input(input_shape, batch_size, seed).numpy()}
-
-    def step() -> float:
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        return (time.perf_counter() - t0) * 1000.0
-
-    times = _time_loop(step, warmup, repeats, min_time_s)
-    provider = session.get_providers()[0]
-    result = _summary(times)
-    result.update(
-        batch_size=int(batch_size),
-        device="cuda" if provider == "CUDAExecutionProvider" else "cpu",
-        threads=int(threads),
-        provider=provider,
-        backend="onnxruntime",
-    )
-    return result
+    with ort_timer(onnx_path, input_shape, batch_size, threads, device, seed) as (step, info):
+        times = _time_loop(step, warmup, repeats, min_time_s)
+    return _summary(times) | info
 
 
 def _tensor_bytes(model: nn.Module) -> int:
