@@ -108,6 +108,7 @@ _KEY_METRICS: tuple[str, ...] = (
     "realised.channels_removed",
     "realised.macs_removed",
     "realised.params_removed",
+    "realised.nonzero_params_removed",
     "realised.theoretical_speedup",
     "before.macs",
     "after.macs",
@@ -734,6 +735,7 @@ def render_report(rows: Sequence[Mapping[str, Any]], plots: Sequence[str] = ()) 
             "Runs",
             "MACs removed (%)",
             "Params removed (%)",
+            "Non-zero params removed (%)",
             "Size",
             "Theoretical speed-up",
         ]
@@ -749,6 +751,7 @@ def render_report(rows: Sequence[Mapping[str, Any]], plots: Sequence[str] = ()) 
                 str(g["count"]),
                 format_percent(*_stat_of(g, "realised.macs_removed"), digits=1),
                 format_percent(*_stat_of(g, "realised.params_removed"), digits=1),
+                format_percent(*_stat_of(g, "realised.nonzero_params_removed"), digits=1),
                 format_bytes(*_stat_of(g, "after.size_bytes")),
                 format_speedup(*_stat_of(g, "realised.theoretical_speedup")),
             ]
