@@ -48,8 +48,9 @@ class BenchmarkCallback(Callback):
     backend and batch size, peak memory. The result is written atomically to
     ``<log_dir>/benchmark.json`` and logged to TensorBoard (scalars, hparams, figures).
 
-    The base model is the PruningCallback's copy when pruning ran in this process, else the
-    network rebuilt from the checkpoint's recorded base weights, else the model itself.
+    The base model is rebuilt from the base weights recorded with the pruning plan (also in
+    pruned checkpoints), else it is the PruningCallback's in-memory copy (a base without a
+    weights file), else the model itself (an unpruned run: before == after).
 
     Args:
         batch_sizes: Batch sizes to time.
@@ -225,15 +226,16 @@ class BenchmarkCallback(Callback):
     def _base_model(
         self, module: ImageClassifier, pruning: PruningCallback | None
     ) -> tuple[nn.Module, list[int]]:
-        if pruning is not None and pruning.base_network is not None:
-            return copy.deepcopy(pruning.base_network), list(pruning.base_head_classes)
-        source = getattr(module, "base_weights", None)
-        if module.pruning_plan is not None and source:
+        # The base weights recorded with the plan come first: when a pruned checkpoint is
+        # restored after a PruningCallback ran in setup, that callback's copy is not the base.
+        if module.pruning_plan is not None and module.base_weights:
             head = list(module.base_head_classes or [])
             net = build_network(
-                module.hparams.network, len(head), module.hparams.small_input, source
+                module.hparams.network, len(head), module.hparams.small_input, module.base_weights
             )
             return net, head
+        if pruning is not None and pruning.base_network is not None:
+            return copy.deepcopy(pruning.base_network), list(pruning.base_head_classes or [])
         return copy.deepcopy(module.network).cpu(), list(module.head_classes or [])
 
     def _output_path(self, trainer: Trainer) -> Path:

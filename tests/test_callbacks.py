@@ -76,6 +76,8 @@ def test_prune_only_benchmark_matches_independent_counts(digits_base: Path, tmp_
     # the base model, rebuilt independently from its checkpoint
     base = ImageClassifier.load_from_checkpoint(digits_base).network
     assert result["before"]["params"] == sum(p.numel() for p in base.parameters())
+    base_acc = subset_accuracy(base, [3, 5, 8])["accuracy"]
+    assert result["before"]["accuracy"] == pytest.approx(base_acc)
     before_acc = subset_accuracy(base, [3, 5, 8])
     assert result["before"]["accuracy"] == pytest.approx(before_acc["accuracy"])
     assert list(result["before"]["accuracy_per_class"].values()) == pytest.approx(
@@ -127,8 +129,9 @@ def test_prune_retrain_checkpoint_round_trip_and_resume(digits_base: Path, tmp_p
     plan = fitted.model.pruning_plan
 
     # testing the checkpoint rebuilds the pruned architecture and reproduces the accuracy
-    tested = main(["test", *base_args(digits_base), "--ckpt_path", str(last), *FAST_BENCH[0:1]]
-                  + FAST_BENCH[1:] + quiet_trainer(tmp_path, "test"))  # fmt: skip
+    # as the README does it: the same config (pruning callback included) plus the checkpoint
+    tested = main(["test", *fit_args[:-3], "--ckpt_path", str(last), *FAST_BENCH]
+                  + quiet_trainer(tmp_path, "test"))  # fmt: skip
     result = json.loads((run_dir(tested) / "benchmark.json").read_text())
     restored = ImageClassifier.load_from_checkpoint(last)
     assert sum(p.numel() for p in restored.network.parameters()) == pruned_params
@@ -144,6 +147,8 @@ def test_prune_retrain_checkpoint_round_trip_and_resume(digits_base: Path, tmp_p
     # base accuracy comes from the recorded base weights, not from the pruned model
     base = ImageClassifier.load_from_checkpoint(digits_base).network
     assert result["before"]["params"] == sum(p.numel() for p in base.parameters())
+    base_acc = subset_accuracy(base, [3, 5, 8])["accuracy"]
+    assert result["before"]["accuracy"] == pytest.approx(base_acc)
 
     # resume: continues with the pruned architecture and the same plan, no second pruning
     resumed = main(["fit", *fit_args, "--trainer.max_epochs=2", "--ckpt_path", str(last)]
