@@ -10,16 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_data import (
-    cifar_checksums_skipped,
-    decode_classes,
-    imagenet_pixel,
-    write_cifar10,
-    write_cifar100,
-    write_fashion_mnist,
-    write_gtsrb,
-    write_imagenet,
-)
 from torchvision.transforms import v2
 
 from capl.datamodules import (
@@ -34,6 +24,16 @@ from capl.datamodules import (
     imagenet_classes,
 )
 from capl.errors import ConfigError
+from tests.fixtures_data import (
+    cifar_checksums_skipped,
+    decode_classes,
+    imagenet_pixel,
+    write_cifar10,
+    write_cifar100,
+    write_fashion_mnist,
+    write_gtsrb,
+    write_imagenet,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
