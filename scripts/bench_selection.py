@@ -35,9 +35,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from capl.datamodules import DigitsSubset
 from torch import Tensor, nn
 
+from capl.datamodules import DigitsSubset
 from capl.io import write_json_atomic
 from capl.models import build_network
 from capl.pruning import PruningConfig, make_plan, prunable_layers
