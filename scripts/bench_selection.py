@@ -156,8 +156,10 @@ def build(args: argparse.Namespace) -> tuple[nn.Module, Batches, list[int], tupl
     )
     data.prepare_data()
     data.setup("fit")
-    batches = [(images.contiguous(), labels.contiguous())
-               for images, labels in data.calibration_dataloader()]
+    batches = [
+        (images.contiguous(), labels.contiguous())
+        for images, labels in data.calibration_dataloader()
+    ]
     torch.manual_seed(args.seed)
     # the head predicts all ten digits, as a base model trained on digits does
     model = build_network(args.network, num_classes=10, small_input=args.small_input).eval()
@@ -242,19 +244,21 @@ def time_criteria(
     for name, criterion in criteria.items():
         kind = plain_kind(name)
         own, base = times[name], times[kind]
-        results.append({
-            "criterion": name,
-            "class_aware": bool(criterion.class_aware),
-            "selection_s": statistics.median(own),
-            "selection_times_s": own,
-            "plain_kind": kind,
-            "plain_s": statistics.median(base),
-            "paired_ratio": statistics.median(a / b for a, b in zip(own, base)),
-            "ratio_of_minima": min(own) / min(base),
-            "paired_ratio_to_forward": statistics.median(
-                a / b for a, b in zip(own, times["forward"])
-            ),
-        })
+        results.append(
+            {
+                "criterion": name,
+                "class_aware": bool(criterion.class_aware),
+                "selection_s": statistics.median(own),
+                "selection_times_s": own,
+                "plain_kind": kind,
+                "plain_s": statistics.median(base),
+                "paired_ratio": statistics.median(a / b for a, b in zip(own, base)),
+                "ratio_of_minima": min(own) / min(base),
+                "paired_ratio_to_forward": statistics.median(
+                    a / b for a, b in zip(own, times["forward"])
+                ),
+            }
+        )
     return results, plain
 
 
@@ -294,23 +298,26 @@ def time_plans(
             )
             config = PruningConfig(ratio=ratio, scope=scope, target=target)
 
-            def plan(fresh: nn.Module = fresh, scores: dict = scores,
-                     config: PruningConfig = config) -> Any:
+            def plan(
+                fresh: nn.Module = fresh, scores: dict = scores, config: PruningConfig = config
+            ) -> Any:
                 return make_plan(fresh, criterion, scores, config, example, head_rows=target_rows)
 
             start = time.perf_counter()
             result = plan()
             cold = time.perf_counter() - start
             warm, times = median_seconds(plan, repeats, 0)
-            out.append({
-                "scope": scope,
-                "target": target,
-                "ratio": ratio,
-                "cold_s": cold,
-                "warm_s": warm,
-                "warm_times_s": times,
-                "macs_removed_fraction": result.report.get("macs_removed_fraction"),
-            })
+            out.append(
+                {
+                    "scope": scope,
+                    "target": target,
+                    "ratio": ratio,
+                    "cold_s": cold,
+                    "warm_s": warm,
+                    "warm_times_s": times,
+                    "macs_removed_fraction": result.report.get("macs_removed_fraction"),
+                }
+            )
     return out
 
 
@@ -361,27 +368,34 @@ def print_tables(result: dict[str, Any]) -> None:
         f"{result['loadavg_end'][0]:.2f} (end)"
     )
     print()
-    print("| criterion | selection s (median) | plain pass | plain s (median) | ratio (paired "
-          "median) | ratio of minima | ratio to plain forward (paired) |")
+    print(
+        "| criterion | selection s (median) | plain pass | plain s (median) | ratio (paired "
+        "median) | ratio of minima | ratio to plain forward (paired) |"
+    )
     print("|---|---:|---|---:|---:|---:|---:|")
     for r in result["criteria"]:
-        print(f"| {r['criterion']} | {r['selection_s']:.4f} | {r['plain_kind']} | "
-              f"{r['plain_s']:.4f} | {r['paired_ratio']:.2f} | {r['ratio_of_minima']:.2f} | "
-              f"{r['paired_ratio_to_forward']:.2f} |")
+        print(
+            f"| {r['criterion']} | {r['selection_s']:.4f} | {r['plain_kind']} | "
+            f"{r['plain_s']:.4f} | {r['paired_ratio']:.2f} | {r['ratio_of_minima']:.2f} | "
+            f"{r['paired_ratio_to_forward']:.2f} |"
+        )
     print()
-    print("plain passes: " + ", ".join(
-        f"{k} {v['median_s']:.4f} s" for k, v in result["plain"].items()))
+    print(
+        "plain passes: "
+        + ", ".join(f"{k} {v['median_s']:.4f} s" for k, v in result["plain"].items())
+    )
     print()
     print(f"make_plan ({s['plan_criterion']} scores, ratio {s['plan_ratio']}):")
     print()
-    print("| scope | target | cold s (first call, traces) | warm s (median) | "
-          "MACs removed |")
+    print("| scope | target | cold s (first call, traces) | warm s (median) | MACs removed |")
     print("|---|---|---:|---:|---:|")
     for p in result["plans"]:
         macs = p["macs_removed_fraction"]
         macs_text = f"{macs:.3f}" if macs is not None else "-"
-        print(f"| {p['scope']} | {p['target'] or 'none'} | {p['cold_s']:.4f} | "
-              f"{p['warm_s']:.4f} | {macs_text} |")
+        print(
+            f"| {p['scope']} | {p['target'] or 'none'} | {p['cold_s']:.4f} | "
+            f"{p['warm_s']:.4f} | {macs_text} |"
+        )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -395,21 +409,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--network", default="resnet18", help="resnet18 (default), resnet20, ...")
-    parser.add_argument("--no-small-input", dest="small_input", action="store_false",
-                        help="keep the ImageNet stem (default: small-input stem)")
-    parser.add_argument("--classes", type=int, nargs="+", default=None,
-                        help="digit classes (default all ten)")
-    parser.add_argument("--samples-per-class", type=int, default=16,
-                        help="calibration images per class")
+    parser.add_argument(
+        "--no-small-input",
+        dest="small_input",
+        action="store_false",
+        help="keep the ImageNet stem (default: small-input stem)",
+    )
+    parser.add_argument(
+        "--classes", type=int, nargs="+", default=None, help="digit classes (default all ten)"
+    )
+    parser.add_argument(
+        "--samples-per-class", type=int, default=16, help="calibration images per class"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="calibration batch size")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--criteria", nargs="+", default=None,
-                        help="data-driven criteria to time (default all)")
-    parser.add_argument("--plan-criterion", default="Taylor",
-                        help="criterion whose scores make_plan is timed with")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--criteria", nargs="+", default=None, help="data-driven criteria to time (default all)"
+    )
+    parser.add_argument(
+        "--plan-criterion", default="Taylor", help="criterion whose scores make_plan is timed with"
+    )
     parser.add_argument("--plan-ratio", type=float, default=0.5)
     parser.add_argument("--plan-repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="data and init seed")
@@ -431,8 +454,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     model, batches, target_rows, input_shape = build(args)
     start = time.perf_counter()
     criteria, plain = time_criteria(model, batches, target_rows, names, args.repeats, args.warmup)
-    plans = time_plans(model, batches, target_rows, args.plan_criterion, args.plan_ratio,
-                       args.plan_repeats)
+    plans = time_plans(
+        model, batches, target_rows, args.plan_criterion, args.plan_ratio, args.plan_repeats
+    )
     result = {
         "settings": {
             "network": args.network,

@@ -511,8 +511,12 @@ def _expected_removed(groups, layer_ratios: dict[str, float], ratio: float) -> d
 @pytest.mark.parametrize(
     ("arch", "layer_ratios", "ratio", "size"),
     [
-        ("resnet20", {"conv1": 0.25, "layer3.0.conv1": 0.75, "layer3.*": 0.5,
-                      "layer2.1.conv1": 0.0}, 0.1, 8),
+        (
+            "resnet20",
+            {"conv1": 0.25, "layer3.0.conv1": 0.75, "layer3.*": 0.5, "layer2.1.conv1": 0.0},
+            0.1,
+            8,
+        ),
         ("vgg16_bn", {"features.0": 0.5, "features.1?": 0.75, "features.3*": 0.25}, 0.0, SIZE),
     ],
 )
@@ -578,10 +582,14 @@ def test_layer_ratios_for_masks() -> None:
         ({"layer_ratios": {"conv1": True}}, "must be a number"),
         ({"layer_ratios": ["conv1"]}, "layer_ratios must be a mapping"),
         ({"layer_ratios": {"": 0.5}}, "keys must be module-name patterns"),
-        ({"layer_ratios": {"conv1": 0.5}, "scope": "global"},
-         "layer_ratios needs scope: layer and no target"),
-        ({"layer_ratios": {"conv1": 0.5}, "target": "macs"},
-         "layer_ratios needs scope: layer and no target"),
+        (
+            {"layer_ratios": {"conv1": 0.5}, "scope": "global"},
+            "layer_ratios needs scope: layer and no target",
+        ),
+        (
+            {"layer_ratios": {"conv1": 0.5}, "target": "macs"},
+            "layer_ratios needs scope: layer and no target",
+        ),
     ],
 )
 def test_layer_ratios_config_errors(kwargs: dict, match: str) -> None:

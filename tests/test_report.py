@@ -138,11 +138,22 @@ def make_rows() -> list[dict]:
                 rows.append(
                     result_row(point, make_benchmark(strategy, ratio, seed), index=len(rows))
                 )
-    point = {"strategy": {"name": "OCAP"}, "ratio": 0.6, "seed": 2, "scope": "global",
-             "target": "macs", "retrain_epochs": 1, "classes": {"indices": [3, 5, 7]}}
+    point = {
+        "strategy": {"name": "OCAP"},
+        "ratio": 0.6,
+        "seed": 2,
+        "scope": "global",
+        "target": "macs",
+        "retrain_epochs": 1,
+        "classes": {"indices": [3, 5, 7]},
+    }
     rows.append(
-        result_row("OCAP-r0.6-s2", error="Traceback ...\nRuntimeError: CUDA out of memory",
-                   point=point, index=len(rows))
+        result_row(
+            "OCAP-r0.6-s2",
+            error="Traceback ...\nRuntimeError: CUDA out of memory",
+            point=point,
+            index=len(rows),
+        )
     )
     return rows
 
@@ -201,8 +212,10 @@ def test_summarise_mean_std_over_seeds() -> None:
     assert [g["strategy"] for g in summary[1:]] == ["OCAP", "OCAP", "L1Norm", "L1Norm"]
     for group in summary[1:]:
         mine = [
-            r for r in rows
-            if r["strategy.name"] == group["strategy"] and r["ratio"] == group["ratio"]
+            r
+            for r in rows
+            if r["strategy.name"] == group["strategy"]
+            and r["ratio"] == group["ratio"]
             and r["status"] == "ok"
         ]
         assert group["count"] == len(SEEDS) and sorted(group["seeds"]) == list(SEEDS)
@@ -336,14 +349,21 @@ def _implementation_shape(benchmark: dict) -> dict:
     measured = realised.pop("measured_speedup")
     realised.pop("efficiency")
     realised["speedup"] = {
-        b: {k.removeprefix("bs"): {"measured": v, "efficiency": v / realised["theoretical_speedup"]}
-            for k, v in d.items()}
+        b: {
+            k.removeprefix("bs"): {"measured": v, "efficiency": v / realised["theoretical_speedup"]}
+            for k, v in d.items()
+        }
         for b, d in measured.items()
     }
     out["realised"] = realised
     out["per_layer"] = {
-        n: {"type": "Conv2d", "out_channels_before": e["before"], "out_channels_after": e["before"],
-            "live_out_channels_before": e["before"], "live_out_channels_after": e["after"]}
+        n: {
+            "type": "Conv2d",
+            "out_channels_before": e["before"],
+            "out_channels_after": e["before"],
+            "live_out_channels_before": e["before"],
+            "live_out_channels_after": e["after"],
+        }
         for n, e in benchmark["per_layer"].items()
     }
     return out

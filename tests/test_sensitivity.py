@@ -27,11 +27,20 @@ def base_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def config_dict(weights: str) -> dict:
     return {
-        "base": {"network": "resnet20", "small_input": True, "num_classes": 10,
-                 "checkpoint": weights},
-        "data": {"class_path": "DigitsSubset",
-                 "init_args": {"classes": [3, 5, 8], "samples_per_class": 30,
-                               "calibration_samples_per_class": 4}},
+        "base": {
+            "network": "resnet20",
+            "small_input": True,
+            "num_classes": 10,
+            "checkpoint": weights,
+        },
+        "data": {
+            "class_path": "DigitsSubset",
+            "init_args": {
+                "classes": [3, 5, 8],
+                "samples_per_class": 30,
+                "calibration_samples_per_class": 4,
+            },
+        },
         "criterion": "L1Norm",
         "ratios": [0.5, 0.9],
         "layers": ["conv1", "layer1.0.conv1", "layer3.2.conv1"],
@@ -78,8 +87,16 @@ def test_ratio_zero_is_the_base_accuracy_in_plain_scan(base_weights: str) -> Non
     net = build_network("resnet20", 10, True, base_weights)
     rows = target_rows(list(range(10)), dm.class_indices)
     batches = list(dm.test_dataloader())
-    base, table = scan_layers(net, OCAP(), list(dm.calibration_dataloader()), batches, rows,
-                              [0.0, 0.5], dm.input_shape, layers=["layer2.0.conv1"])
+    base, table = scan_layers(
+        net,
+        OCAP(),
+        list(dm.calibration_dataloader()),
+        batches,
+        rows,
+        [0.0, 0.5],
+        dm.input_shape,
+        layers=["layer2.0.conv1"],
+    )
     expected = accuracy_from_confusion(confusion_matrix(net, batches, rows))["accuracy"]
     assert base == expected
     assert [r["ratio"] for r in table] == [0.0, 0.5]
@@ -90,12 +107,12 @@ def test_suggestion_rule_on_a_hand_made_table() -> None:
     table = [
         {"layer": "a", "ratio": 0.0, "accuracy": 0.90},
         {"layer": "a", "ratio": 0.3, "accuracy": 0.895},
-        {"layer": "a", "ratio": 0.5, "accuracy": 0.89},   # drop 0.01: allowed (<=)
+        {"layer": "a", "ratio": 0.5, "accuracy": 0.89},  # drop 0.01: allowed (<=)
         {"layer": "a", "ratio": 0.7, "accuracy": 0.80},
         {"layer": "b", "ratio": 0.0, "accuracy": 0.90},
-        {"layer": "b", "ratio": 0.3, "accuracy": 0.70},   # sensitive at once
+        {"layer": "b", "ratio": 0.3, "accuracy": 0.70},  # sensitive at once
         {"layer": "b", "ratio": 0.5, "accuracy": 0.60},
-        {"layer": "c", "ratio": 0.5, "accuracy": 0.85},   # noisy: fails, then recovers
+        {"layer": "c", "ratio": 0.5, "accuracy": 0.85},  # noisy: fails, then recovers
         {"layer": "c", "ratio": 0.3, "accuracy": 0.90},
         {"layer": "c", "ratio": 0.7, "accuracy": 0.90},
     ]
@@ -125,16 +142,23 @@ def test_suggestion_feeds_a_layer_ratio_plan(base_weights: str) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        dm = DigitsSubset(classes=[3, 5, 8], samples_per_class=10,
-                          calibration_samples_per_class=2)
+        dm = DigitsSubset(classes=[3, 5, 8], samples_per_class=10, calibration_samples_per_class=2)
         dm.setup("test")
         net = build_network("resnet20", 10, True, base_weights).eval()
         rows = target_rows(list(range(10)), dm.class_indices)
         criterion = L1Norm()
         # layer1.0.conv2 is a member of conv1's group: the scan names the unit by its key conv
         layers = ["layer1.0.conv2", "layer2.0.conv1", "layer3.1.conv1"]
-        base, table = scan_layers(net, criterion, [], list(dm.test_dataloader()), rows,
-                                  [0.0, 0.25, 0.5], dm.input_shape, layers=layers)
+        base, table = scan_layers(
+            net,
+            criterion,
+            [],
+            list(dm.test_dataloader()),
+            rows,
+            [0.0, 0.25, 0.5],
+            dm.input_shape,
+            layers=layers,
+        )
         # a deterministic mix of suggested ratios: cap each layer's scanned ratios
         cap = {"conv1": 0.25, "layer2.0.conv1": 0.5, "layer3.1.conv1": 0.0}
         capped = [r for r in table if r["ratio"] <= cap[r["layer"]]]
@@ -142,21 +166,28 @@ def test_suggestion_feeds_a_layer_ratio_plan(base_weights: str) -> None:
         assert layer_ratios == cap
         config = PruningConfig(ratio=0.0, scope="layer", layer_ratios=layer_ratios)
         example = torch.zeros(1, *dm.input_shape)
-        plan = make_plan(net, criterion, criterion.score(net, prunable_layers(net), {}), config,
-                         example)
+        plan = make_plan(
+            net, criterion, criterion.score(net, prunable_layers(net), {}), config, example
+        )
         layers_after = plan.report["layers"]
         for key, ratio in layer_ratios.items():
             before = layers_after[key]["channels_before"]
             assert before - layers_after[key]["channels_after"] == int(ratio * before + 0.5)
         # groups are disjoint: the per-layer scans' channel removals add up
-        scanned = sum(r["channels_removed"] for r in table
-                      if r["ratio"] == layer_ratios[r["layer"]])
+        scanned = sum(
+            r["channels_removed"] for r in table if r["ratio"] == layer_ratios[r["layer"]]
+        )
         assert plan.report["channels_removed_fraction"] == pytest.approx(scanned, abs=1e-12)
 
-        suggestion = {"network": "resnet20", "dataset": "digits", "classes": [3, 5, 8],
-                      "base_weights": base_weights, "max_accuracy_drop": 1.0,
-                      "criterion": {"class_path": "capl.strategies.L1Norm", "init_args": {}},
-                      "layer_ratios": layer_ratios}
+        suggestion = {
+            "network": "resnet20",
+            "dataset": "digits",
+            "classes": [3, 5, 8],
+            "base_weights": base_weights,
+            "max_accuracy_drop": 1.0,
+            "criterion": {"class_path": "capl.strategies.L1Norm", "init_args": {}},
+            "layer_ratios": layer_ratios,
+        }
         entry = suggested_pruning(suggestion)
         assert yaml.safe_load(suggested_pruning_yaml(suggestion)) == [entry]
         init_args = dict(entry["init_args"])
@@ -193,5 +224,6 @@ def test_suggested_pruning_rejects_bad_ratios() -> None:
     from capl.sweep.sensitivity import suggested_pruning
 
     with pytest.raises(ConfigError, match="layer_ratios"):
-        suggested_pruning({"layer_ratios": {"conv1": 1.0},
-                           "criterion": {"class_path": "capl.strategies.L1Norm"}})
+        suggested_pruning(
+            {"layer_ratios": {"conv1": 1.0}, "criterion": {"class_path": "capl.strategies.L1Norm"}}
+        )

@@ -46,9 +46,13 @@ def sweep_dict(base: dict[str, Any], criteria: list[Any], ratios: list[float]) -
 
 def train_base() -> dict[str, Any]:
     return {
-        "network": "resnet20", "small_input": True, "num_classes": 10,
-        "train": {"max_epochs": 1, "optimizer": {"class_path": "torch.optim.SGD",
-                                                 "init_args": {"lr": 0.05}}},
+        "network": "resnet20",
+        "small_input": True,
+        "num_classes": 10,
+        "train": {
+            "max_epochs": 1,
+            "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}},
+        },
     }
 
 
@@ -61,8 +65,9 @@ def write(path: Path, config: dict[str, Any]) -> Path:
 def serial(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A 2-criterion x 2-ratio sweep run serially, training its base model."""
     folder = tmp_path_factory.mktemp("serial")
-    cfg_path = write(folder / "sweep.yaml", sweep_dict(train_base(), ["L1Norm", "OCAP"],
-                                                       [0.3, 0.5]))
+    cfg_path = write(
+        folder / "sweep.yaml", sweep_dict(train_base(), ["L1Norm", "OCAP"], [0.3, 0.5])
+    )
     config = load_sweep_config(cfg_path)
     out = folder / "out"
     run = run_sweep(config, out, plots=False)
@@ -72,8 +77,11 @@ def serial(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def _close(a: Any, b: Any) -> bool:
     if isinstance(a, float) or isinstance(b, float):
-        return a is not None and b is not None and math.isclose(float(a), float(b),
-                                                                  rel_tol=1e-9, abs_tol=1e-12)
+        return (
+            a is not None
+            and b is not None
+            and math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+        )
     if isinstance(b, bool) or isinstance(a, bool):
         return str(a) == str(b)
     return a == b or str(a) == str(b)
@@ -89,8 +97,11 @@ def test_serial_sweep_rows_equal_benchmark_json(serial: dict[str, Any]) -> None:
         bench = json.loads((out / "points" / row["point_id"] / "benchmark.json").read_text())
         assert bench["run"]["name"] == row["point_id"]
         flat = flatten(bench)
-        mismatched = [k for k, v in flat.items() if not _close(row.get(k), v)
-                      and not (v in (None, "") and row.get(k) in (None, ""))]
+        mismatched = [
+            k
+            for k, v in flat.items()
+            if not _close(row.get(k), v) and not (v in (None, "") and row.get(k) in (None, ""))
+        ]
         assert mismatched == []
         assert (out / "points" / row["point_id"] / "config.yaml").is_file()
         assert (out / "tb" / row["point_id"]).is_dir()
@@ -118,8 +129,12 @@ def test_rerun_skips_finished_and_redoes_a_lost_record(serial: dict[str, Any]) -
 def test_interrupted_sweep_resumes_without_duplicates(
     serial: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    base = {"network": "resnet20", "small_input": True, "num_classes": 10,
-            "checkpoint": serial["base"]}
+    base = {
+        "network": "resnet20",
+        "small_input": True,
+        "num_classes": 10,
+        "checkpoint": serial["base"],
+    }
     config = parse_sweep_config(sweep_dict(base, ["L1Norm"], [0.3, 0.5]))
     real = runner_mod.run_point
     calls = []
@@ -154,8 +169,12 @@ def test_failing_points_are_recorded_and_retried(
 
     monkeypatch.setattr(capl.strategies.OCAP, "collect", boom)
     monkeypatch.setattr(capl.strategies.Taylor, "score", user_error)
-    base = {"network": "resnet20", "small_input": True, "num_classes": 10,
-            "checkpoint": serial["base"]}
+    base = {
+        "network": "resnet20",
+        "small_input": True,
+        "num_classes": 10,
+        "checkpoint": serial["base"],
+    }
     config = parse_sweep_config(sweep_dict(base, ["OCAP", "Taylor", "L1Norm"], [0.5]))
     run = run_sweep(config, tmp_path, plots=False)
     status = {r.point_id.split("-")[0]: r for r in run.ran}
@@ -166,9 +185,22 @@ def test_failing_points_are_recorded_and_retried(
     rows = {r["point_id"]: r for r in read_results_csv(tmp_path / "results.csv")}
     assert rows[status["ocap"].point_id]["status"] == "failed"
     assert rows[status["ocap"].point_id]["strategy.name"] == "OCAP"
-    assert sweep_main(["--config", str(write(tmp_path / "s.yaml", sweep_dict(
-        base, ["OCAP", "Taylor", "L1Norm"], [0.5]))), "--output", str(tmp_path),
-        "--no-plots"]) == 1
+    assert (
+        sweep_main(
+            [
+                "--config",
+                str(
+                    write(
+                        tmp_path / "s.yaml", sweep_dict(base, ["OCAP", "Taylor", "L1Norm"], [0.5])
+                    )
+                ),
+                "--output",
+                str(tmp_path),
+                "--no-plots",
+            ]
+        )
+        == 1
+    )
     monkeypatch.undo()
     rerun = run_sweep(config, tmp_path, plots=False)
     assert sorted(r.point_id.split("-")[0] for r in rerun.ran) == ["ocap", "taylor"]
@@ -176,8 +208,12 @@ def test_failing_points_are_recorded_and_retried(
 
 
 def test_job_array_indices_then_merge_equal_serial(serial: dict[str, Any], tmp_path: Path) -> None:
-    base = {"network": "resnet20", "small_input": True, "num_classes": 10,
-            "checkpoint": serial["base"]}
+    base = {
+        "network": "resnet20",
+        "small_input": True,
+        "num_classes": 10,
+        "checkpoint": serial["base"],
+    }
     cfg = write(tmp_path / "sweep.yaml", sweep_dict(base, ["OCAP"], [0.3, 0.5]))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -188,11 +224,25 @@ def test_job_array_indices_then_merge_equal_serial(serial: dict[str, Any], tmp_p
             args = []
         else:
             args = ["--index", "0"]
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", "import sys; from capl.sweep.cli import sweep_main; "
-             "sys.exit(sweep_main(sys.argv[1:]))", "--config", str(cfg), "--output", str(out),
-             *args], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        ))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from capl.sweep.cli import sweep_main; "
+                    "sys.exit(sweep_main(sys.argv[1:]))",
+                    "--config",
+                    str(cfg),
+                    "--output",
+                    str(out),
+                    *args,
+                ],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
     for proc in procs:
         text = proc.communicate(timeout=300)[0].decode()
         assert proc.returncode == 0, text[-2000:]
@@ -200,31 +250,57 @@ def test_job_array_indices_then_merge_equal_serial(serial: dict[str, Any], tmp_p
     assert sweep_main(["--config", str(cfg), "--output", str(out), "--merge", "--no-plots"]) == 0
     merged = read_results_csv(out / "results.csv")
     serial_rows = {r["point_id"]: r for r in read_results_csv(serial["out"] / "results.csv")}
-    assert [r["point_id"] for r in merged] == ["ocap-global-none-r0.30-c3_5_8-s0-e0",
-                                               "ocap-global-none-r0.50-c3_5_8-s0-e0"]
-    deterministic = ("after.accuracy", "before.accuracy", "after.macs", "after.params",
-                     "realised.macs_removed", "strategy.name", "ratio", "seed", "status",
-                     "per_layer.layer1.0.conv1.after")
+    assert [r["point_id"] for r in merged] == [
+        "ocap-global-none-r0.30-c3_5_8-s0-e0",
+        "ocap-global-none-r0.50-c3_5_8-s0-e0",
+    ]
+    deterministic = (
+        "after.accuracy",
+        "before.accuracy",
+        "after.macs",
+        "after.params",
+        "realised.macs_removed",
+        "strategy.name",
+        "ratio",
+        "seed",
+        "status",
+        "per_layer.layer1.0.conv1.after",
+    )
     for row in merged:
         for key in deterministic:
             assert row[key] == serial_rows[row["point_id"]][key], key
 
 
 def test_point_ids_and_skips() -> None:
-    assert make_point_id("ocap", "global", "macs", 0.5, [3, 5, 8], 0, 0) == \
-        "ocap-global-macs-r0.50-c3_5_8-s0-e0"
-    assert make_point_id("lrp", "layer", None, 0.125, "similar", 2, 1) == \
-        "lrp-layer-none-r0.125-csimilar-s2-e1"
+    assert (
+        make_point_id("ocap", "global", "macs", 0.5, [3, 5, 8], 0, 0)
+        == "ocap-global-macs-r0.50-c3_5_8-s0-e0"
+    )
+    assert (
+        make_point_id("lrp", "layer", None, 0.125, "similar", 2, 1)
+        == "lrp-layer-none-r0.125-csimilar-s2-e1"
+    )
     long_id = make_point_id("x", "layer", None, 0.1, list(range(40)), 0, 0)
-    assert len(long_id) < 80 and long_id == make_point_id("x", "layer", None, 0.1,
-                                                          list(range(40)), 0, 0)
-    config = parse_sweep_config({
-        "base": {"network": "resnet20", "small_input": True, "num_classes": 10,
-                 "checkpoint": "x.ckpt"},
-        "data": DATA,
-        "grid": {"criteria": ["Magnitude", "OCAP", {"class_path": "Random", "name": "rnd"}],
-                 "ratios": [0.0, 0.5], "scopes": ["layer", "global"], "seeds": [0, 1]},
-    })
+    assert len(long_id) < 80 and long_id == make_point_id(
+        "x", "layer", None, 0.1, list(range(40)), 0, 0
+    )
+    config = parse_sweep_config(
+        {
+            "base": {
+                "network": "resnet20",
+                "small_input": True,
+                "num_classes": 10,
+                "checkpoint": "x.ckpt",
+            },
+            "data": DATA,
+            "grid": {
+                "criteria": ["Magnitude", "OCAP", {"class_path": "Random", "name": "rnd"}],
+                "ratios": [0.0, 0.5],
+                "scopes": ["layer", "global"],
+                "seeds": [0, 1],
+            },
+        }
+    )
     points, skipped = expand_grid(config)
     ids = [p.point_id for p in points]
     assert len(ids) == len(set(ids))
@@ -275,12 +351,13 @@ def test_slurm_env_sets_the_index(
 
     monkeypatch.setattr(runner_mod, "run_sweep", fake)
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
-    path = write(tmp_path / "s.yaml", sweep_dict({"network": "resnet20", "checkpoint": "x.ckpt"},
-                                                 ["OCAP"], [0.5]))
+    path = write(
+        tmp_path / "s.yaml",
+        sweep_dict({"network": "resnet20", "checkpoint": "x.ckpt"}, ["OCAP"], [0.5]),
+    )
     assert sweep_main(["--config", str(path), "--output", str(tmp_path / "o")]) == 0
     assert seen["index"] == 3
-    assert sweep_main(["--config", str(path), "--output", str(tmp_path / "o"), "--index",
-                       "1"]) == 0
+    assert sweep_main(["--config", str(path), "--output", str(tmp_path / "o"), "--index", "1"]) == 0
     assert seen["index"] == 1
 
 
@@ -314,8 +391,12 @@ def test_demo_runs_every_criterion() -> None:
 
 @pytest.mark.parametrize(
     ("name", "command"),
-    [("default.yaml", "fit"), ("runs/base_test.yaml", "test"), ("runs/prune_test.yaml", "test"),
-     ("runs/prune_retrain.yaml", "fit")],
+    [
+        ("default.yaml", "fit"),
+        ("runs/base_test.yaml", "test"),
+        ("runs/prune_test.yaml", "test"),
+        ("runs/prune_retrain.yaml", "fit"),
+    ],
 )
 def test_run_configs_parse(name: str, command: str, capsys: pytest.CaptureFixture[str]) -> None:
     from capl.cli import main

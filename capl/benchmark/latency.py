@@ -324,13 +324,16 @@ def ort_timer(
         return (time.perf_counter() - t0) * 1000.0
 
     provider = session.get_providers()[0]
-    yield step, {
-        "batch_size": int(batch_size),
-        "device": "cuda" if provider == "CUDAExecutionProvider" else "cpu",
-        "threads": int(threads),
-        "provider": provider,
-        "backend": "onnxruntime",
-    }
+    yield (
+        step,
+        {
+            "batch_size": int(batch_size),
+            "device": "cuda" if provider == "CUDAExecutionProvider" else "cpu",
+            "threads": int(threads),
+            "provider": provider,
+            "backend": "onnxruntime",
+        },
+    )
 
 
 def measure_latency_onnxruntime(

@@ -76,7 +76,8 @@ class PruningConfig:
         if self.skip_first < 0:
             raise ConfigError(f"skip_first must be >= 0, got {self.skip_first}")
         if self.round_to is not None and (
-            isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
+            isinstance(self.round_to, bool)
+            or not isinstance(self.round_to, int)
             or self.round_to < 1
         ):
             raise ConfigError(f"round_to must be null or an integer >= 1, got {self.round_to!r}")

@@ -193,8 +193,11 @@ def make_plan(
         )
     elif criterion.granularity in ("weight", "kernel"):
         if config.round_to is not None:
-            log.warning("round_to=%s ignored: masks (%s granularity) keep no channel counts",
-                        config.round_to, criterion.granularity)
+            log.warning(
+                "round_to=%s ignored: masks (%s granularity) keep no channel counts",
+                config.round_to,
+                criterion.granularity,
+            )
         problem = _MaskProblem(
             structure, model, scores, criterion.granularity, criterion.normalization, config,
             excluded, head_cut,

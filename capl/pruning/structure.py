@@ -139,9 +139,7 @@ def _signature(model: nn.Module, input_shape: tuple[int, ...]) -> tuple:
     return (input_shape, shapes)
 
 
-_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Structure]] = (
-    weakref.WeakKeyDictionary()
-)
+_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Structure]] = weakref.WeakKeyDictionary()
 
 
 def analyse(model: nn.Module, example_input: Tensor) -> Structure:

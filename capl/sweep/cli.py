@@ -49,12 +49,22 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path, help="sweep YAML")
     parser.add_argument("--output", required=True, type=Path, help="sweep output folder")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--index", type=int, default=None,
-                      help="run only point N (default $SLURM_ARRAY_TASK_ID if set)")
-    mode.add_argument("--merge", action="store_true",
-                      help="only collect point records into results.csv, report.md, plots")
-    mode.add_argument("--base-only", action="store_true",
-                      help="only train (or find) the base model, e.g. before a job array")
+    mode.add_argument(
+        "--index",
+        type=int,
+        default=None,
+        help="run only point N (default $SLURM_ARRAY_TASK_ID if set)",
+    )
+    mode.add_argument(
+        "--merge",
+        action="store_true",
+        help="only collect point records into results.csv, report.md, plots",
+    )
+    mode.add_argument(
+        "--base-only",
+        action="store_true",
+        help="only train (or find) the base model, e.g. before a job array",
+    )
     parser.add_argument("--dry-run", action="store_true", help="list the points and exit")
     parser.add_argument("--force", action="store_true", help="rerun finished points too")
     parser.add_argument("--no-plots", action="store_true", help="write report.md without plots")
@@ -76,16 +86,24 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(describe(SweepRun(points, skipped), output) + "\n")
             return 0
         _setup_logging()
-        run = run_sweep(config, args.output, index=index, merge=args.merge,
-                        base_only=args.base_only, plots=not args.no_plots, force=args.force)
+        run = run_sweep(
+            config,
+            args.output,
+            index=index,
+            merge=args.merge,
+            base_only=args.base_only,
+            plots=not args.no_plots,
+            force=args.force,
+        )
     except ConfigError as err:
         _fail("capl-sweep", err)
     if args.base_only:
         sys.stdout.write(f"capl-sweep: base model ready ({run.base_seconds:.1f}s)\n")
         return 0
     if args.merge:
-        sys.stdout.write(f"capl-sweep: merged {run.rows} rows of {len(run.points)} points into "
-                         f"{args.output}\n")
+        sys.stdout.write(
+            f"capl-sweep: merged {run.rows} rows of {len(run.points)} points into {args.output}\n"
+        )
         return 0
     failed = run.failed
     sys.stdout.write(

@@ -301,8 +301,10 @@ def _class_spec(where: str, value: Any) -> dict[str, Any] | None:
     data = _check_keys(where, value, ("class_path", "init_args"), ("class_path",))
     if not isinstance(data["class_path"], str):
         raise ConfigError(f"{where}.class_path must be a string")
-    return {"class_path": data["class_path"], "init_args": _mapping(f"{where}.init_args",
-                                                                    data.get("init_args"))}
+    return {
+        "class_path": data["class_path"],
+        "init_args": _mapping(f"{where}.init_args", data.get("init_args")),
+    }
 
 
 def _ratios(where: str, value: Any) -> list[float]:
@@ -337,7 +339,9 @@ def _criterion(where: str, value: Any) -> CriterionSpec:
     if isinstance(value, str):
         value = {"class_path": value}
     data = _check_keys(
-        where, value, ("class_path", "init_args", "name", "ratios", "scopes", "targets"),
+        where,
+        value,
+        ("class_path", "init_args", "name", "ratios", "scopes", "targets"),
         ("class_path",),
     )
     path = data["class_path"]
@@ -374,8 +378,10 @@ def _criterion(where: str, value: Any) -> CriterionSpec:
 def _classes(where: str, value: Any) -> Any:
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, list) and value and all(
-        isinstance(c, (int, str)) and not isinstance(c, bool) for c in value
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(c, (int, str)) and not isinstance(c, bool) for c in value)
     ):
         return list(value)
     raise ConfigError(
@@ -402,7 +408,9 @@ def _base(value: Any) -> BaseSpec:
     from capl.models import SUPPORTED_NETWORKS
 
     data = _check_keys(
-        "base", value, ("network", "small_input", "num_classes", "checkpoint", "train"),
+        "base",
+        value,
+        ("network", "small_input", "num_classes", "checkpoint", "train"),
         ("network",),
     )
     if data["network"] not in SUPPORTED_NETWORKS:
@@ -417,7 +425,8 @@ def _base(value: Any) -> BaseSpec:
     train = None
     if checkpoint is None:
         raw = _check_keys(
-            "base.train", data.get("train") or {},
+            "base.train",
+            data.get("train") or {},
             ("max_epochs", "seed", "optimizer", "lr_scheduler", "data", "trainer"),
         )
         train = TrainSpec(
@@ -443,13 +452,14 @@ def _base(value: Any) -> BaseSpec:
 
 def _grid(value: Any, default_classes: Any) -> GridSpec:
     data = _check_keys(
-        "grid", value,
+        "grid",
+        value,
         ("criteria", "ratios", "scopes", "targets", "classes", "seeds", "retrain_epochs"),
         ("criteria",),
     )
     criteria = [
-        _criterion(f"grid.criteria[{i}]", c) for i, c in enumerate(_list("grid.criteria",
-                                                                          data["criteria"]))
+        _criterion(f"grid.criteria[{i}]", c)
+        for i, c in enumerate(_list("grid.criteria", data["criteria"]))
     ]
     labels = [c.label for c in criteria]
     dup = sorted({x for x in labels if labels.count(x) > 1})
@@ -466,8 +476,9 @@ def _grid(value: Any, default_classes: Any) -> GridSpec:
         ratios=_ratios("grid.ratios", data["ratios"]) if "ratios" in data else [],
         scopes=_scopes("grid.scopes", data.get("scopes", ["global"])),
         targets=_targets("grid.targets", data.get("targets", [None])),
-        classes=[_classes(f"grid.classes[{i}]", c)
-                 for i, c in enumerate(_list("grid.classes", classes))],
+        classes=[
+            _classes(f"grid.classes[{i}]", c) for i, c in enumerate(_list("grid.classes", classes))
+        ],
         seeds=[_int("grid.seeds", s) for s in _list("grid.seeds", data.get("seeds", [0]))],
         retrain_epochs=[
             _int("grid.retrain_epochs", e, 0)
@@ -501,8 +512,9 @@ def _retrain(value: Any) -> RetrainSpec:
     return RetrainSpec(
         optimizer=_class_spec("retrain.optimizer", data.get("optimizer")),
         lr_scheduler=_class_spec("retrain.lr_scheduler", data.get("lr_scheduler")),
-        early_stopping_patience=None if patience is None else _int(
-            "retrain.early_stopping_patience", patience, 1),
+        early_stopping_patience=None
+        if patience is None
+        else _int("retrain.early_stopping_patience", patience, 1),
         trainer=_mapping("retrain.trainer", data.get("trainer")),
     )
 
@@ -511,16 +523,20 @@ def _benchmark(value: Any) -> BenchmarkSpec:
     names = tuple(BenchmarkSpec.__dataclass_fields__)
     data = _check_keys("benchmark", value or {}, names)
     spec = BenchmarkSpec(**data)
-    spec.batch_sizes = [_int("benchmark.batch_sizes", b, 1)
-                        for b in _list("benchmark.batch_sizes", spec.batch_sizes)]
+    spec.batch_sizes = [
+        _int("benchmark.batch_sizes", b, 1)
+        for b in _list("benchmark.batch_sizes", spec.batch_sizes)
+    ]
     spec.backends = _list("benchmark.backends", spec.backends)
     bad = [b for b in spec.backends if b not in _BACKENDS]
     if bad:
         raise ConfigError(f"benchmark.backends: unknown {bad}: use torch and/or onnxruntime")
     _int("benchmark.warmup", spec.warmup, 0)
     _int("benchmark.repeats", spec.repeats, 1)
-    if isinstance(spec.min_time_s, bool) or not isinstance(spec.min_time_s, (int, float)) or (
-        spec.min_time_s < 0
+    if (
+        isinstance(spec.min_time_s, bool)
+        or not isinstance(spec.min_time_s, (int, float))
+        or (spec.min_time_s < 0)
     ):
         raise ConfigError(f"benchmark.min_time_s must be a number >= 0, got {spec.min_time_s!r}")
     if spec.ort_threads is not None:
@@ -542,13 +558,13 @@ def parse_sweep_config(raw: Any) -> SweepConfig:
         ConfigError: One line naming the offending key and what is valid.
     """
     data = _check_keys(
-        "the sweep file", raw,
+        "the sweep file",
+        raw,
         ("name", "base", "data", "grid", "pruning", "retrain", "benchmark", "trainer"),
         ("base", "data", "grid"),
     )
     data_section = _data(data["data"])
-    default_classes = _classes("data.init_args.classes",
-                               data_section["init_args"].get("classes"))
+    default_classes = _classes("data.init_args.classes", data_section["init_args"].get("classes"))
     return SweepConfig(
         name=str(data.get("name", "sweep")),
         base=_base(data["base"]),
@@ -643,15 +659,23 @@ def expand_grid(config: SweepConfig) -> tuple[list[Point], list[Skipped]]:
     for spec in grid.criteria:
         data_free = _data_free_deterministic(spec)
         combos = itertools.product(
-            grid.classes, grid.seeds, grid.retrain_epochs,
-            spec.scopes or grid.scopes, spec.targets or grid.targets, spec.ratios or grid.ratios,
+            grid.classes,
+            grid.seeds,
+            grid.retrain_epochs,
+            spec.scopes or grid.scopes,
+            spec.targets or grid.targets,
+            spec.ratios or grid.ratios,
         )
         for classes, seed, epochs, scope, target, ratio in combos:
             pid = make_point_id(spec.label, scope, target, ratio, classes, seed, epochs)
             if data_free and epochs == 0 and seed != grid.seeds[0]:
-                skipped.append(Skipped(
-                    pid, f"{spec.class_name} is data-free and deterministic: without retraining "
-                    f"the seed changes nothing (seed {grid.seeds[0]} is run)"))
+                skipped.append(
+                    Skipped(
+                        pid,
+                        f"{spec.class_name} is data-free and deterministic: without retraining "
+                        f"the seed changes nothing (seed {grid.seeds[0]} is run)",
+                    )
+                )
                 continue
             if ratio == 0.0:
                 key = (json.dumps(classes), seed, epochs)
@@ -660,10 +684,19 @@ def expand_grid(config: SweepConfig) -> tuple[list[Point], list[Skipped]]:
                     skipped.append(Skipped(pid, reason))
                     continue
                 seen_zero[key] = pid
-            points.append(Point(
-                index=len(points), point_id=pid, criterion=spec, ratio=ratio, scope=scope,
-                target=target, classes=classes, seed=seed, retrain_epochs=epochs,
-            ))
+            points.append(
+                Point(
+                    index=len(points),
+                    point_id=pid,
+                    criterion=spec,
+                    ratio=ratio,
+                    scope=scope,
+                    target=target,
+                    classes=classes,
+                    seed=seed,
+                    retrain_epochs=epochs,
+                )
+            )
     ids = [p.point_id for p in points]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)

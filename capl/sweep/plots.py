@@ -147,8 +147,16 @@ def plot_accuracy_vs_macs(summary: Sequence[Group], path: str | Path) -> list[Pa
             continue
         marker, dash = styles[label]
         ax.errorbar(
-            xs, ys, xerr=xerr, yerr=yerr, label=label, marker=marker, linestyle=dash,
-            color=colours[str(groups[0]["strategy"])], capsize=3, markersize=5,
+            xs,
+            ys,
+            xerr=xerr,
+            yerr=yerr,
+            label=label,
+            marker=marker,
+            linestyle=dash,
+            color=colours[str(groups[0]["strategy"])],
+            capsize=3,
+            markersize=5,
         )
     for label, value in _base_accuracies(summary).items():
         ax.axhline(100 * value, color="black", linestyle="--", linewidth=1, label=label)
@@ -242,8 +250,15 @@ def plot_speedup(summary: Sequence[Group], path: str | Path) -> list[Path]:
                     top = max(top, *xs, *(y + e for y, e in zip(ys, yerr)))
                     bottom = min(bottom, *(y - e for y, e in zip(ys, yerr)))
                     ax.errorbar(
-                        xs, ys, yerr=yerr, color=colour, marker=marker[batch],
-                        linestyle="none", capsize=3, markersize=6, alpha=0.85,
+                        xs,
+                        ys,
+                        yerr=yerr,
+                        color=colour,
+                        marker=marker[batch],
+                        linestyle="none",
+                        capsize=3,
+                        markersize=6,
+                        alpha=0.85,
                     )
         limit = top * 1.08
         ax.plot([0, limit], [0, limit], color="grey", linestyle="--", linewidth=1)
@@ -310,15 +325,18 @@ def plot_per_layer(summary: Sequence[Group], path: str | Path) -> list[Path]:
         for g in groups:
             ys = [g["per_layer"].get(n, {}).get("mean") for n in names]
             ax.plot(
-                positions, [math.nan if y is None else 100 * y for y in ys], marker="o",
-                markersize=3, color=shade.get(g["ratio"], "black"),
+                positions,
+                [math.nan if y is None else 100 * y for y in ys],
+                marker="o",
+                markersize=3,
+                color=shade.get(g["ratio"], "black"),
                 label="unknown" if g["ratio"] is None else f"{g['ratio']:g}",
             )
         ax.set_title(label, fontsize="medium")
         ax.set_ylim(0, 105)
         ax.yaxis.set_major_formatter(PercentFormatter(100))
         ax.grid(True, alpha=0.3)
-    for ax in flat[len(series):]:
+    for ax in flat[len(series) :]:
         ax.set_visible(False)
     for row in axes:
         row[0].set_ylabel("Kept (%)")

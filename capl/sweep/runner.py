@@ -145,14 +145,23 @@ def _logger(save_dir: Path, version: str) -> dict[str, Any]:
     # TensorBoard's HParams view lists the sweep's points side by side
     return {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": str(save_dir), "name": "", "version": version,
-                      "default_hp_metric": False},
+        "init_args": {
+            "save_dir": str(save_dir),
+            "name": "",
+            "version": version,
+            "default_hp_metric": False,
+        },
     }
 
 
 def _trainer_defaults(config: SweepConfig) -> dict[str, Any]:
-    trainer = {"accelerator": "cpu", "devices": 1, "deterministic": True,
-               "enable_progress_bar": False, "enable_model_summary": False}
+    trainer = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "deterministic": True,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
     trainer.update(config.trainer)
     return trainer
 
@@ -182,15 +191,24 @@ def _base_config(config: SweepConfig, folder: Path) -> dict[str, Any]:
     trainer.update(
         max_epochs=train.max_epochs,
         logger=_logger(folder, "logs"),
-        callbacks=[{
-            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "init_args": {"dirpath": str(folder / "checkpoints"), "filename": "best",
-                          "monitor": "val/acc", "mode": "max", "save_top_k": 1},
-        }],
+        callbacks=[
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {
+                    "dirpath": str(folder / "checkpoints"),
+                    "filename": "best",
+                    "monitor": "val/acc",
+                    "mode": "max",
+                    "save_top_k": 1,
+                },
+            }
+        ],
     )
     trainer.update(train.trainer)
-    data = {"class_path": config.data["class_path"],
-            "init_args": {**config.data["init_args"], "seed": train.seed, **train.data}}
+    data = {
+        "class_path": config.data["class_path"],
+        "init_args": {**config.data["init_args"], "seed": train.seed, **train.data},
+    }
     return {"seed_everything": train.seed, "data": data, "model": model, "trainer": trainer}
 
 
@@ -229,24 +247,30 @@ def base_checkpoint(config: SweepConfig, output: str | Path, train: bool = True)
         if done.is_file():
             return json.loads(done.read_text())["checkpoint"]
         if not train:
-            raise ConfigError(f"base model not trained yet ({folder}): run capl-sweep without "
-                              "--index first, or with --base-only")
+            raise ConfigError(
+                f"base model not trained yet ({folder}): run capl-sweep without "
+                "--index first, or with --base-only"
+            )
         if folder.exists():  # an interrupted earlier attempt
             shutil.rmtree(folder)
         base_yaml = _write_yaml(
-            folder / "config.yaml", _base_config(config, folder),
+            folder / "config.yaml",
+            _base_config(config, folder),
             "# The sweep's base model. Rerun by hand: capl fit --config <this file>\n",
         )
         log.info("training the base model (%s) into %s", config.base.network, folder)
         start = time.perf_counter()
         cli = _capl(["fit", "--config", str(base_yaml)])
         best = _best_checkpoint(cli, folder / "checkpoints")
-        write_json_atomic(done, {
-            "checkpoint": best,
-            "settings": _base_settings(config),
-            "seconds": time.perf_counter() - start,
-            "created": _now(),
-        })
+        write_json_atomic(
+            done,
+            {
+                "checkpoint": best,
+                "settings": _base_settings(config),
+                "seconds": time.perf_counter() - start,
+                "created": _now(),
+            },
+        )
         return best
 
 
@@ -302,11 +326,18 @@ def point_config(
     pruning = {
         "class_path": "capl.callbacks.PruningCallback",
         "init_args": {
-            "criterion": {"class_path": point.criterion.class_path,
-                          "init_args": point.criterion_init_args()},
-            "ratio": point.ratio, "scope": point.scope, "target": point.target,
-            "ignore": list(p.ignore), "skip_first": p.skip_first, "round_to": p.round_to,
-            "min_channels": p.min_channels, "cut_head": p.cut_head,
+            "criterion": {
+                "class_path": point.criterion.class_path,
+                "init_args": point.criterion_init_args(),
+            },
+            "ratio": point.ratio,
+            "scope": point.scope,
+            "target": point.target,
+            "ignore": list(p.ignore),
+            "skip_first": p.skip_first,
+            "round_to": p.round_to,
+            "min_channels": p.min_channels,
+            "cut_head": p.cut_head,
             "score_cache": str(output / "scores"),
         },
     }
@@ -314,10 +345,16 @@ def point_config(
     benchmark = {
         "class_path": "capl.callbacks.BenchmarkCallback",
         "init_args": {
-            "batch_sizes": list(b.batch_sizes), "backends": list(b.backends),
-            "ort_threads": b.ort_threads, "warmup": b.warmup, "repeats": b.repeats,
-            "min_time_s": b.min_time_s, "device": b.device, "exporter": b.exporter,
-            "output": str(folder / BENCHMARK_FILE), "run_name": point.point_id,
+            "batch_sizes": list(b.batch_sizes),
+            "backends": list(b.backends),
+            "ort_threads": b.ort_threads,
+            "warmup": b.warmup,
+            "repeats": b.repeats,
+            "min_time_s": b.min_time_s,
+            "device": b.device,
+            "exporter": b.exporter,
+            "output": str(folder / BENCHMARK_FILE),
+            "run_name": point.point_id,
         },
     }
     trainer = _trainer_defaults(config)
@@ -330,16 +367,29 @@ def point_config(
     else:
         callbacks = [pruning]
         if config.retrain.early_stopping_patience:
-            callbacks.append({
-                "class_path": "lightning.pytorch.callbacks.EarlyStopping",
-                "init_args": {"monitor": "val/acc", "mode": "max",
-                              "patience": config.retrain.early_stopping_patience},
-            })
-        callbacks += [{
-            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "init_args": {"dirpath": str(folder / "checkpoints"), "filename": "best",
-                          "monitor": "val/acc", "mode": "max", "save_top_k": 1},
-        }, benchmark]
+            callbacks.append(
+                {
+                    "class_path": "lightning.pytorch.callbacks.EarlyStopping",
+                    "init_args": {
+                        "monitor": "val/acc",
+                        "mode": "max",
+                        "patience": config.retrain.early_stopping_patience,
+                    },
+                }
+            )
+        callbacks += [
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {
+                    "dirpath": str(folder / "checkpoints"),
+                    "filename": "best",
+                    "monitor": "val/acc",
+                    "mode": "max",
+                    "save_top_k": 1,
+                },
+            },
+            benchmark,
+        ]
         trainer["max_epochs"] = point.retrain_epochs
         trainer.update(config.retrain.trainer)
     trainer["callbacks"] = callbacks
@@ -381,17 +431,20 @@ def run_point(config: SweepConfig, point: Point, base: str, output: str | Path) 
     _clean(folder, output / "tb" / point.point_id)
     rerun = f"--config {folder / 'config.yaml'}"
     if point.retrain_epochs > 0:
-        header = (f"# Sweep point {point.point_id}. Rerun by hand:\n#   capl fit {rerun}\n"
-                  f"#   capl test --config {folder / 'test.yaml'} --ckpt_path "
-                  f"{folder / 'checkpoints' / 'best.ckpt'}\n")
-        fit_yaml = _write_yaml(folder / "config.yaml",
-                               point_config(config, point, base, output, "fit"), header)
-        _write_yaml(folder / "test.yaml",
-                                point_config(config, point, base, output, "test"), header)
+        header = (
+            f"# Sweep point {point.point_id}. Rerun by hand:\n#   capl fit {rerun}\n"
+            f"#   capl test --config {folder / 'test.yaml'} --ckpt_path "
+            f"{folder / 'checkpoints' / 'best.ckpt'}\n"
+        )
+        fit_yaml = _write_yaml(
+            folder / "config.yaml", point_config(config, point, base, output, "fit"), header
+        )
+        _write_yaml(folder / "test.yaml", point_config(config, point, base, output, "test"), header)
     else:
         header = f"# Sweep point {point.point_id}. Rerun by hand:\n#   capl test {rerun}\n"
         fit_yaml = _write_yaml(
-            folder / "config.yaml", point_config(config, point, base, output, "test"), header)
+            folder / "config.yaml", point_config(config, point, base, output, "test"), header
+        )
     start = time.perf_counter()
     error: str | None = None
     cached: bool | None = None
@@ -469,23 +522,32 @@ def collect_rows(
         if record is None:
             pending.append(point.point_id)
             continue
-        extra = {"index": point.index, "duration_s": record.get("duration_s"),
-                 "benchmark_path": record.get("benchmark_path"),
-                 "scores_cached": record.get("scores_cached")}
+        extra = {
+            "index": point.index,
+            "duration_s": record.get("duration_s"),
+            "benchmark_path": record.get("benchmark_path"),
+            "scores_cached": record.get("scores_cached"),
+        }
         settings = point.settings(config.base.network)
         if record.get("status") == "ok":
             try:
                 benchmark = json.loads(Path(record["benchmark_path"]).read_text())
             except (OSError, json.JSONDecodeError, TypeError, KeyError) as err:
-                row = result_row(point.point_id, None, error=f"benchmark.json unreadable: {err}",
-                                 point=settings, **extra)
+                row = result_row(
+                    point.point_id,
+                    None,
+                    error=f"benchmark.json unreadable: {err}",
+                    point=settings,
+                    **extra,
+                )
             else:
                 row = result_row(point.point_id, benchmark, point=settings, **extra)
                 # BenchmarkCallback cannot know the retraining length (see docs): the grid does
                 row["retrain_epochs"] = point.retrain_epochs
         else:
-            row = result_row(point.point_id, None, error=record.get("error") or "failed",
-                             point=settings, **extra)
+            row = result_row(
+                point.point_id, None, error=record.get("error") or "failed", point=settings, **extra
+            )
         rows.append(row)
     return rows, pending
 
@@ -500,8 +562,12 @@ def write_outputs(
     """
     rows, pending = collect_rows(config, points, output)
     if pending:
-        log.warning("%d of %d points have no record yet (not run or interrupted), e.g. %s",
-                    len(pending), len(points), pending[0])
+        log.warning(
+            "%d of %d points have no record yet (not run or interrupted), e.g. %s",
+            len(pending),
+            len(points),
+            pending[0],
+        )
     if not rows:
         log.warning("no finished points: results.csv not written")
         return 0
@@ -521,8 +587,7 @@ def _check_folder(config: SweepConfig, output: Path) -> None:
                 "settings: use a new --output folder (grid lists may change freely)"
             )
         return
-    write_json_atomic(marker, {"fingerprint": fingerprint, "name": config.name,
-                               "created": _now()})
+    write_json_atomic(marker, {"fingerprint": fingerprint, "name": config.name, "created": _now()})
 
 
 def run_sweep(
@@ -563,8 +628,10 @@ def run_sweep(
         run.seconds = time.perf_counter() - start
         return run
     if index is not None and not 0 <= index < len(points):
-        raise ConfigError(f"--index {index} is out of range: this sweep has {len(points)} points "
-                          f"(0..{len(points) - 1})")
+        raise ConfigError(
+            f"--index {index} is out of range: this sweep has {len(points)} points "
+            f"(0..{len(points) - 1})"
+        )
     base_start = time.perf_counter()
     base = base_checkpoint(config, output)
     run.base_seconds = time.perf_counter() - base_start

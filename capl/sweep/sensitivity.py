@@ -82,8 +82,16 @@ log = logging.getLogger(__name__)
 
 SUGGESTED_PRUNING_FILE = "suggested_pruning.yaml"
 
-CSV_COLUMNS = ("layer", "ratio", "accuracy", "accuracy_drop", "macs_removed", "params_removed",
-               "channels_removed", "members")
+CSV_COLUMNS = (
+    "layer",
+    "ratio",
+    "accuracy",
+    "accuracy_drop",
+    "macs_removed",
+    "params_removed",
+    "channels_removed",
+    "members",
+)
 
 
 @dataclass
@@ -119,9 +127,20 @@ def parse_sensitivity_config(raw: Any) -> SensitivityConfig:
         ConfigError: One line naming the offending key.
     """
     data = _check_keys(
-        "the sensitivity file", raw,
-        ("base", "data", "criterion", "ratios", "layers", "split", "max_accuracy_drop",
-         "contiguous", "seed", "trainer"),
+        "the sensitivity file",
+        raw,
+        (
+            "base",
+            "data",
+            "criterion",
+            "ratios",
+            "layers",
+            "split",
+            "max_accuracy_drop",
+            "contiguous",
+            "seed",
+            "trainer",
+        ),
         ("base", "data", "ratios"),
     )
     layers = data.get("layers")
@@ -225,7 +244,8 @@ def scan_layers(
     units, prunable = _units(network, criterion.granularity, example)
     if layers is not None:
         chosen = {
-            key: members for key, members in units.items()
+            key: members
+            for key, members in units.items()
             if any(fnmatch.fnmatch(n, p) for p in layers for n in (key, *members))
         }
         if not chosen:
@@ -235,8 +255,9 @@ def scan_layers(
         units = chosen
 
     scored = prunable_layers(network, criterion.granularity)
-    stats = criterion.collect(network, batches, scored, list(rows)) if criterion.requires_data \
-        else {}
+    stats = (
+        criterion.collect(network, batches, scored, list(rows)) if criterion.requires_data else {}
+    )
     scores = criterion.score(network, scored, stats)
 
     def accuracy(net: nn.Module) -> float:
@@ -249,8 +270,12 @@ def scan_layers(
         for ratio in ratios:
             row = {"layer": key, "ratio": float(ratio), "members": ";".join(members)}
             if ratio == 0.0:
-                row.update(accuracy=base_accuracy, macs_removed=0.0, params_removed=0.0,
-                           channels_removed=0.0)
+                row.update(
+                    accuracy=base_accuracy,
+                    macs_removed=0.0,
+                    params_removed=0.0,
+                    channels_removed=0.0,
+                )
             else:
                 config = PruningConfig(ratio=ratio, scope="layer", ignore=ignore)
                 try:
@@ -269,8 +294,11 @@ def scan_layers(
                 )
             row["accuracy_drop"] = base_accuracy - row["accuracy"]
             out.append({c: row[c] for c in CSV_COLUMNS})
-        log.info("sensitivity %s: %s", key, ", ".join(
-            f"{r['ratio']:.2f}->{r['accuracy']:.3f}" for r in out if r["layer"] == key))
+        log.info(
+            "sensitivity %s: %s",
+            key,
+            ", ".join(f"{r['ratio']:.2f}->{r['accuracy']:.3f}" for r in out if r["layer"] == key),
+        )
     return base_accuracy, out
 
 
@@ -332,8 +360,10 @@ def suggested_pruning(suggestion: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "class_path": "capl.callbacks.PruningCallback",
         "init_args": {
-            "criterion": {"class_path": criterion["class_path"],
-                          "init_args": dict(criterion.get("init_args") or {})},
+            "criterion": {
+                "class_path": criterion["class_path"],
+                "init_args": dict(criterion.get("init_args") or {}),
+            },
             "ratio": 0.0,
             "scope": "layer",
             "layer_ratios": layer_ratios,
@@ -352,8 +382,9 @@ def suggested_pruning_yaml(suggestion: Mapping[str, Any]) -> str:
         "# PruningCallback (e.g. configs/runs/prune_test.yaml) and point model.weights at\n"
         f"# {suggestion.get('base_weights')}. Layers not listed keep ratio (0.0: unpruned).\n"
     )
-    body = yaml.safe_dump([suggested_pruning(suggestion)], sort_keys=False,
-                          default_flow_style=False)
+    body = yaml.safe_dump(
+        [suggested_pruning(suggestion)], sort_keys=False, default_flow_style=False
+    )
     return header + body
 
 
@@ -375,15 +406,22 @@ def plot_sensitivity(
     fig, ax = plt.subplots(figsize=(9, 5))
     worst: list[tuple[float, str]] = []
     for i, layer in enumerate(layers):
-        points = sorted((float(r["ratio"]), float(r["accuracy"]))
-                        for r in rows if r["layer"] == layer)
+        points = sorted(
+            (float(r["ratio"]), float(r["accuracy"])) for r in rows if r["layer"] == layer
+        )
         xs, ys = zip(*points)
         colour = cmap(i / max(len(layers) - 1, 1))
         ax.plot(xs, ys, marker="o", markersize=3, color=colour, linewidth=1.2, label=layer)
         worst.append((base_accuracy - ys[-1], layer))
         if len(layers) > 16 and layer in {n for _, n in sorted(worst, reverse=True)[:top]}:
-            ax.annotate(layer, (xs[-1], ys[-1]), fontsize=7, xytext=(3, 0),
-                        textcoords="offset points", color=colour)
+            ax.annotate(
+                layer,
+                (xs[-1], ys[-1]),
+                fontsize=7,
+                xytext=(3, 0),
+                textcoords="offset points",
+                color=colour,
+            )
     ax.axhline(base_accuracy, color="grey", linestyle="--", linewidth=0.8, label="base")
     ax.set_xlabel("ratio of the layer's filters removed")
     ax.set_ylabel("accuracy (k-way)")
@@ -392,8 +430,9 @@ def plot_sensitivity(
     if len(layers) <= 16:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     else:
-        bar = fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, len(layers) - 1)),
-                           ax=ax)
+        bar = fig.colorbar(
+            plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, len(layers) - 1)), ax=ax
+        )
         bar.set_label("layer depth (forward order)")
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -431,13 +470,18 @@ def run_sensitivity(config: SensitivityConfig, output: str | Path) -> Sensitivit
     from capl.sweep.runner import base_checkpoint
 
     output = Path(output)
-    sweep_like = SweepConfig(base=config.base, data=config.data,
-                             grid=GridSpec(criteria=[config.criterion], ratios=[0.0]),
-                             trainer=config.trainer)
+    sweep_like = SweepConfig(
+        base=config.base,
+        data=config.data,
+        grid=GridSpec(criteria=[config.criterion], ratios=[0.0]),
+        trainer=config.trainer,
+    )
     weights = base_checkpoint(sweep_like, output)
     seed_everything(config.seed, verbose=False)
-    data_spec = {"class_path": config.data["class_path"],
-                 "init_args": {**config.data["init_args"], "seed": config.seed}}
+    data_spec = {
+        "class_path": config.data["class_path"],
+        "init_args": {**config.data["init_args"], "seed": config.seed},
+    }
     datamodule = _instantiate(data_spec)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -445,30 +489,40 @@ def run_sensitivity(config: SensitivityConfig, output: str | Path) -> Sensitivit
     head = list(range(num_classes)) if config.base.num_classes else list(datamodule.class_indices)
     network = build_network(config.base.network, num_classes, config.base.small_input, weights)
     rows = target_rows(head, datamodule.class_indices)
-    criterion = _instantiate({"class_path": config.criterion.class_path,
-                              "init_args": config.criterion.init_args})
-    loader = datamodule.val_dataloader() if config.split == "val" else \
-        datamodule.test_dataloader()
+    criterion = _instantiate(
+        {"class_path": config.criterion.class_path, "init_args": config.criterion.init_args}
+    )
+    loader = datamodule.val_dataloader() if config.split == "val" else datamodule.test_dataloader()
     eval_batches = list(loader)
     base_accuracy, table = scan_layers(
-        network, criterion, list(datamodule.calibration_dataloader()), eval_batches, rows,
-        config.ratios, datamodule.input_shape, config.layers,
+        network,
+        criterion,
+        list(datamodule.calibration_dataloader()),
+        eval_batches,
+        rows,
+        config.ratios,
+        datamodule.input_shape,
+        config.layers,
     )
-    layer_ratios = suggest_ratios(table, base_accuracy, config.max_accuracy_drop,
-                                  config.contiguous)
+    layer_ratios = suggest_ratios(table, base_accuracy, config.max_accuracy_drop, config.contiguous)
     details = {}
     for layer, ratio in layer_ratios.items():
         row = next(r for r in table if r["layer"] == layer and r["ratio"] == ratio)
-        details[layer] = {"ratio": ratio, "accuracy": row["accuracy"],
-                          "accuracy_drop": row["accuracy_drop"],
-                          "members": row["members"].split(";")}
+        details[layer] = {
+            "ratio": ratio,
+            "accuracy": row["accuracy"],
+            "accuracy_drop": row["accuracy_drop"],
+            "members": row["members"].split(";"),
+        }
     suggestion = {
         "network": config.base.network,
         "base_weights": weights,
         "dataset": getattr(datamodule, "name", type(datamodule).__name__),
         "classes": list(datamodule.class_indices),
-        "criterion": {"class_path": config.criterion.class_path,
-                      "init_args": config.criterion.init_args},
+        "criterion": {
+            "class_path": config.criterion.class_path,
+            "init_args": config.criterion.init_args,
+        },
         "split": config.split,
         "base_accuracy": base_accuracy,
         "max_accuracy_drop": config.max_accuracy_drop,
@@ -477,17 +531,20 @@ def run_sensitivity(config: SensitivityConfig, output: str | Path) -> Sensitivit
         "layer_ratios": layer_ratios,
         "details": details,
         "usage": "layer_ratios maps module names (fnmatch patterns; for filter criteria the first "
-                 "conv of a coupled group) to the largest ratio that kept the accuracy drop within "
-                 "max_accuracy_drop when that layer alone was pruned; give it to a pruning run as "
-                 "PruningCallback(layer_ratios=...) with scope: layer (ready-made: "
-                 f"{SUGGESTED_PRUNING_FILE} next to this file). Drops of several layers add up: "
-                 "lower max_accuracy_drop or retrain.",
+        "conv of a coupled group) to the largest ratio that kept the accuracy drop within "
+        "max_accuracy_drop when that layer alone was pruned; give it to a pruning run as "
+        "PruningCallback(layer_ratios=...) with scope: layer (ready-made: "
+        f"{SUGGESTED_PRUNING_FILE} next to this file). Drops of several layers add up: "
+        "lower max_accuracy_drop or retrain.",
     }
     output.mkdir(parents=True, exist_ok=True)
     _write_csv(table, output / "sensitivity.csv")
     plot_sensitivity(table, base_accuracy, output / "sensitivity.png")
     write_json_atomic(output / "suggestion.json", suggestion)
     write_text_atomic(output / SUGGESTED_PRUNING_FILE, suggested_pruning_yaml(suggestion))
-    return SensitivityResult(base_accuracy=base_accuracy,
-                             layers=list(dict.fromkeys(r["layer"] for r in table)),
-                             rows=table, suggestion=suggestion)
+    return SensitivityResult(
+        base_accuracy=base_accuracy,
+        layers=list(dict.fromkeys(r["layer"] for r in table)),
+        rows=table,
+        suggestion=suggestion,
+    )
