@@ -401,6 +401,7 @@ def test_compare_models_and_table():
     assert result["realised"]["measured_speedup"]["torch"]["bs1"] > 0
     assert result["per_layer"]["3"]["kind"] == "channels"
     assert (result["per_layer"]["3"]["before"], result["per_layer"]["3"]["after"]) == (8, 4)
+    assert result["environment"]["onnxruntime_threads"] is None  # ORT was not timed
     table = format_table(result["before"], result["after"])
     lines = table.splitlines()
     assert lines[0].split() == ["metric", "before", "after", "after/before"]
@@ -484,3 +485,57 @@ def test_measure_interleaved_alternates_models_and_summarises_each() -> None:
     assert [r["median_ms"] for r in results] == [2.0, 5.0]
     assert [r["repeats"] for r in results] == [4, 4]
     assert [r["backend"] for r in results] == ["a", "b"] and results[0]["rounds"] == 2
+
+
+def test_profile_model_without_latency_exports_onnx_for_paired_timing(tmp_path) -> None:
+    """The callback's path: profile without timing, then time both models side by side."""
+    from capl.benchmark import paired_latency
+
+    base = tiny_bn()
+    pruned = copy.deepcopy(base)
+    prune.ln_structured(pruned[3], "weight", amount=0.5, n=1, dim=0)
+    blocks = [
+        profile_model(
+            net,
+            (3, 16, 16),
+            batch_sizes=(1,),
+            torch_threads=1,
+            workdir=tmp_path,
+            name=name,
+            exporter="torchscript",
+            memory=False,
+            latency=False,
+            **FAST,
+        )
+        for net, name in ((base, "base"), (pruned, "pruned"))
+    ]
+    for block, name in zip(blocks, ("base", "pruned")):
+        assert block["errors"] == {}
+        assert block["latency_ms"] == {"onnxruntime": {}}  # exported, not timed
+        assert block["onnx"]["path"] == str(tmp_path / f"{name}.onnx")
+    threads = torch.get_num_threads()
+    latencies = paired_latency(
+        [base, pruned],
+        [b["onnx"]["path"] for b in blocks],
+        (3, 16, 16),
+        batch_sizes=(1, 2),
+        torch_threads=1,
+        rounds=2,
+        **FAST,
+    )
+    assert torch.get_num_threads() == threads
+    assert len(latencies) == 2
+    for latency in latencies:
+        assert set(latency) == {"torch", "onnxruntime"}
+        for backend in ("torch", "onnxruntime"):
+            assert set(latency[backend]) == {"bs1", "bs2"}
+            assert latency[backend]["bs2"]["batch_size"] == 2
+            assert latency[backend]["bs1"]["rounds"] == 2
+            assert latency[backend]["bs1"]["repeats"] >= 3
+            assert latency[backend]["bs1"]["threads"] == 1  # ORT follows torch_threads
+    # no ONNX file for one model: ORT is left out for both, torch still timed
+    only_torch = paired_latency(
+        [base, pruned], [blocks[0]["onnx"]["path"], None], (3, 16, 16), batch_sizes=(1,), **FAST
+    )
+    assert [set(block) for block in only_torch] == [{"torch"}, {"torch"}]
+    json.dumps([blocks, latencies], allow_nan=False)

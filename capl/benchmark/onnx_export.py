@@ -36,19 +36,17 @@ def _export_dynamo(net: nn.Module, example: torch.Tensor, opset: int, dynamic_ba
     kwargs: dict[str, Any] = {}
     if dynamic_batch:
         kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1)},)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            net,
-            (example,),
-            dynamo=True,
-            input_names=["input"],
-            output_names=["logits"],
-            opset_version=opset,
-            verbose=False,
-            external_data=False,
-            **kwargs,
-        )
+    program = torch.onnx.export(
+        net,
+        (example,),
+        dynamo=True,
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=opset,
+        verbose=False,
+        external_data=False,
+        **kwargs,
+    )
     return program.model_proto.SerializeToString()
 
 
@@ -57,19 +55,17 @@ def _export_torchscript(
 ) -> bytes:
     buffer = io.BytesIO()
     dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (example,),
-            buffer,
-            dynamo=False,
-            input_names=["input"],
-            output_names=["logits"],
-            opset_version=opset,
-            dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-        )
+    torch.onnx.export(
+        net,
+        (example,),
+        buffer,
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=opset,
+        dynamic_axes=dynamic_axes,
+        do_constant_folding=True,
+    )
     return buffer.getvalue()
 
 
@@ -114,7 +110,9 @@ def export_onnx(
     for name in order:
         try:
             fn = _export_dynamo if name == "dynamo" else _export_torchscript
-            data = fn(net, example, opset, dynamic_batch)
+            with warnings.catch_warnings():  # both exporters are chatty about internals
+                warnings.simplefilter("ignore")
+                data = fn(net, example, opset, dynamic_batch)
         except Exception as error:
             logger.warning("ONNX export with the %s exporter failed: %s", name, error)
             errors.append(f"{name}: {type(error).__name__}: {error}")

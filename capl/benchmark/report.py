@@ -57,6 +57,14 @@ def _validate(batch_sizes: Sequence[int], backends: Sequence[str], exporter: str
         raise ValueError(f"exporter must be one of {list(EXPORTERS)}, got {exporter!r}")
 
 
+def _ort_threads(ort_threads: int | None, torch_threads: int | None) -> int:
+    """ONNX Runtime intra-op threads: explicit, else the torch setting (same cores for both)."""
+    for threads in (ort_threads, torch_threads):
+        if threads is not None:
+            return int(threads)
+    return torch.get_num_threads()
+
+
 def profile_model(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -119,9 +127,7 @@ def profile_model(
     start = time.perf_counter()
     shape = tuple(int(d) for d in input_shape)
     errors: dict[str, str] = {}
-    if torch_threads is not None:
-        ort_threads = ort_threads if ort_threads is not None else int(torch_threads)
-    threads = int(ort_threads) if ort_threads is not None else torch.get_num_threads()
+    threads = _ort_threads(ort_threads, torch_threads)
 
     def attempt(key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -168,12 +174,12 @@ def profile_model(
                 block["latency_ms"]["torch"][batch_key(batch)] = result
     if "onnxruntime" in backends:
         with tempfile.TemporaryDirectory(prefix="capl-onnx-") as tmp:
-            folder = Path(workdir) if workdir is not None else Path(tmp)
+            onnx_path = Path(workdir if workdir is not None else tmp) / f"{name}.onnx"
             info = attempt(
                 "onnx_export",
                 export_onnx,
                 model,
-                folder / f"{name}.onnx",
+                onnx_path,
                 shape,
                 dynamic_batch=True,
                 exporter=exporter,
@@ -187,7 +193,7 @@ def profile_model(
                     result = attempt(
                         f"latency.onnxruntime.{batch}",
                         measure_latency_onnxruntime,
-                        folder / f"{name}.onnx",
+                        onnx_path,
                         shape,
                         int(batch),
                         threads=threads,
@@ -309,11 +315,14 @@ def paired_latency(
 
     Use this, not separate :func:`profile_model` latencies, for speed-ups: the models share
     the machine's conditions. A backend whose model has no ONNX file is left out for all.
+    Arguments are those of :func:`profile_model` (``ort_threads=None`` follows
+    ``torch_threads``, then the current torch thread count), plus ``rounds`` of
+    :func:`measure_interleaved`.
 
     Returns:
         Per model ``{backend: {"bs<N>": summary}}`` (the ``latency_ms`` block).
     """
-    threads = int(ort_threads) if ort_threads is not None else torch.get_num_threads()
+    threads = _ort_threads(ort_threads, torch_threads)
     out: list[dict[str, dict[str, Any]]] = [{} for _ in models]
     for backend in backends:
         if backend == "onnxruntime" and any(p is None for p in onnx_paths):
@@ -358,9 +367,9 @@ def compare_models(
     options.pop("name", None)
     block_b = profile_model(before, input_shape, name="before", **options)
     block_a = profile_model(after, input_shape, name="after", **options)
-    ort_threads = options.get("ort_threads") or options.get("torch_threads")
-    if ort_threads is None and "onnxruntime" in options.get("backends", BACKENDS):
-        ort_threads = torch.get_num_threads()
+    ort_threads = None
+    if "onnxruntime" in options.get("backends", BACKENDS):
+        ort_threads = _ort_threads(options.get("ort_threads"), options.get("torch_threads"))
     return {
         "before": block_b,
         "after": block_a,
