@@ -159,7 +159,8 @@ class BenchmarkCallback(Callback):
             )
         for key, latency in zip(nets, latencies):
             blocks[key]["latency_ms"] = latency
-            blocks[key].get("onnx", {}) and blocks[key]["onnx"].update(path=None)
+            if blocks[key].get("onnx"):
+                blocks[key]["onnx"]["path"] = None  # the temporary export is gone
         for net, _ in nets.values():
             net.cpu()
         plan = module.pruning_plan or {}

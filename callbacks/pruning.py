@@ -98,7 +98,6 @@ class PruningCallback(Callback):
         self.base_network: nn.Module | None = None
         self.base_head_classes: list[int] | None = None
         self.plan: dict[str, Any] | None = None
-        self.timings_s: dict[str, float] = {}
         self._fit_started: float | None = None
         self._retrained_before = 0.0
 
@@ -150,8 +149,8 @@ class PruningCallback(Callback):
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
         if trainer.is_global_zero and log_dir:
             write_json_atomic(Path(log_dir) / PLAN_FILE, plan)
-        self.timings_s = {"selection": selection, "removal": removal, "retraining": 0.0}
-        pl_module.pruning_timings = dict(self.timings_s)
+        # the module owns the timings: they travel with its checkpoints
+        pl_module.pruning_timings = {"selection": selection, "removal": removal, "retraining": 0.0}
         source = pl_module.weights_source
         pl_module.base_weights = (
             str(Path(source).resolve()) if source and Path(source).is_file() else source
@@ -244,12 +243,3 @@ class PruningCallback(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         assert isinstance(pl_module, ImageClassifier) and pl_module.network is not None
         make_masks_permanent(pl_module.network)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"plan": self.plan, "timings_s": self.timings_s}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.plan = state_dict.get("plan")
-        self.timings_s = state_dict.get("timings_s", {})

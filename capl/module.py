@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any
 
@@ -219,10 +218,6 @@ class ImageClassifier(LightningModule):
             num_classes=len(self.head_classes), head_classes=list(self.head_classes)
         )
 
-    def base_copy(self) -> nn.Module:
-        """A deep copy of the hosted network (e.g. the base model before pruning)."""
-        return copy.deepcopy(self.network)
-
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {
@@ -258,16 +253,17 @@ class ImageClassifier(LightningModule):
         self.hparams.update(
             num_classes=len(self.head_classes), head_classes=list(self.head_classes)
         )
-        _fold_masks(checkpoint["state_dict"], self.state_dict())
-        self._check_shapes(checkpoint["state_dict"])
+        own = {k: v.shape for k, v in self.state_dict().items()}
+        _fold_masks(checkpoint["state_dict"], own)
+        self._check_shapes(own, checkpoint["state_dict"])
         if self._trainer is not None and self.rows is not None:
             datamodule = getattr(self.trainer, "datamodule", None)
             self.configure_task(
                 getattr(datamodule, "class_indices", None), getattr(datamodule, "class_names", None)
             )
 
-    def _check_shapes(self, state: dict[str, Tensor]) -> None:
-        own = {k: v.shape for k, v in self.state_dict().items()}
+    @staticmethod
+    def _check_shapes(own: dict[str, torch.Size], state: dict[str, Tensor]) -> None:
         theirs = {k: v.shape for k, v in state.items()}
         missing = sorted(set(own) - set(theirs))
         extra = sorted(set(theirs) - set(own))
@@ -281,7 +277,7 @@ class ImageClassifier(LightningModule):
             )
 
 
-def _fold_masks(state: dict[str, Tensor], own: dict[str, Tensor]) -> None:
+def _fold_masks(state: dict[str, Tensor], own: dict[str, torch.Size]) -> None:
     """Turn ``<w>_orig``/``<w>_mask`` pairs into ``<w>`` where the module's masks are permanent."""
     for key in [k for k in state if k.endswith("_orig")]:
         name = key[: -len("_orig")]
