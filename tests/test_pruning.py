@@ -384,6 +384,32 @@ def test_mask_target_macs_counts_nonzero_work() -> None:
     assert plan.report["macs_removed_fraction"] == 0.0
 
 
+def test_mask_report_counts_the_masked_zeros() -> None:
+    # totals come from the effective (orig * mask) weights, counted independently here
+    model = _net("resnet18")
+    criterion = _TestRandomScores(granularity="weight")
+    plan = make_plan(model, criterion, _scores(criterion, model), PruningConfig(ratio=0.5), _x())
+    masked = apply_plan(copy.deepcopy(model), plan)
+    report = pruning_report(model, masked, _x())
+    dense = sum(p.numel() for p in model.parameters())
+    zeros = sum(int((p == 0).sum()) for p in model.parameters())
+    cut = sum(int((~plan_mask(plan, n)).sum()) for n in plan.masks)
+    assert cut > 0
+    assert report["params_before"] == report["params_after"] == dense
+    assert report["nonzero_params_before"] == dense - zeros
+    assert report["nonzero_params_after"] == dense - zeros - cut
+    assert report["weights_before"] - report["weights_after"] == cut
+    for name in plan.masks:
+        layer = report["layers"][name]
+        assert layer["weights_before"] - layer["weights_after"] == int(
+            (~plan_mask(plan, name)).sum()
+        )
+    # make_masks_permanent keeps the zeros and drops every mask
+    make_masks_permanent(masked)
+    assert not any(hasattr(m, "weight_mask") for m in masked.modules())
+    assert pruning_report(model, masked, _x())["nonzero_params_after"] == dense - zeros - cut
+
+
 # ---------------------------------------------------------------------------------------------
 # class-subset head
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
+from capl.benchmark._masks import masked_tensors
 from capl.errors import ConfigError
 from capl.models import cut_head, find_classifier
 from capl.pruning.config import PruningConfig
@@ -789,8 +790,6 @@ def class_subset_head(model: nn.Module, head_rows: Sequence[int]) -> None:
 
 def make_masks_permanent(model: nn.Module) -> nn.Module:
     """Fold every ``torch.nn.utils.prune`` mask into its parameter (zeros stay, masks go)."""
-    for module in model.modules():
-        for hook in list(module._forward_pre_hooks.values()):
-            if isinstance(hook, prune.BasePruningMethod):
-                prune.remove(module, hook._tensor_name)
+    for _, module, tensor_name in list(masked_tensors(model)):
+        prune.remove(module, tensor_name)
     return model

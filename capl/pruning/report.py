@@ -6,20 +6,12 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from capl.benchmark.counting import count_nonzero_params, count_params
 from capl.pruning.structure import layer_shapes
 
-
-def nonzero_parameters(model: nn.Module) -> int:
-    """Nonzero parameter entries, counting masked parameters after their masks."""
-    total = 0
-    for module in model.modules():
-        for name, param in module._parameters.items():
-            if param is None:
-                continue
-            base = name[: -len("_orig")] if name.endswith("_orig") else None
-            value = getattr(module, base) if base and hasattr(module, base + "_mask") else param
-            total += int(value.count_nonzero())
-    return total
+# The whole-network totals are the benchmark's own counts (effective masked weights, each
+# shared parameter once); kept under the pruning name for the public API.
+nonzero_parameters = count_nonzero_params
 
 
 def conv_linear_macs(model: nn.Module, example_input: Tensor) -> dict[str, dict[str, int]]:
@@ -86,11 +78,8 @@ def pruning_report(
             sum(before[n]["channels"] for n in convs if n in before),
             sum(after[n]["channels"] for n in convs if n in after),
         ),
-        "params": (
-            sum(p.numel() for p in before_model.parameters()),
-            sum(p.numel() for p in after_model.parameters()),
-        ),
-        "nonzero_params": (nonzero_parameters(before_model), nonzero_parameters(after_model)),
+        "params": (count_params(before_model), count_params(after_model)),
+        "nonzero_params": (count_nonzero_params(before_model), count_nonzero_params(after_model)),
         "weights": (
             sum(v["weights"] for v in before.values()),
             sum(v["weights"] for v in after.values()),
