@@ -4,7 +4,7 @@ Plain functions returning JSON-serialisable dicts; ``capl.callbacks.BenchmarkCal
 thin Lightning adapter over :func:`compare_models` / :func:`profile_model`.
 """
 
-from capl.benchmark._masks import deployable_copy, effective_state_dict, has_masks
+from capl.benchmark._masks import deployable_copy, effective_state_dict, has_masks, masked_tensors
 from capl.benchmark.counting import (
     count_conv_linear_macs,
     count_macs,
@@ -55,6 +55,7 @@ __all__ = [
     "has_masks",
     "layer_report",
     "make_input",
+    "masked_tensors",
     "measure_interleaved",
     "measure_latency_onnxruntime",
     "measure_latency_torch",

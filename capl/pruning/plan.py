@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from capl.benchmark._masks import masked_tensors
+from capl.benchmark import masked_tensors
 from capl.errors import ConfigError
 from capl.models import cut_head, find_classifier
 from capl.pruning.config import PruningConfig
