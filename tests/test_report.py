@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from capl.sweep import plots as plotting
+from capl.sweep.cli import report_main
 from capl.sweep.report import (
     BOOKKEEPING_COLUMNS,
     flatten,
@@ -18,7 +19,6 @@ from capl.sweep.report import (
     normalise_row,
     read_results_csv,
     render_report,
-    report_main,
     result_row,
     summarise,
     write_report,
@@ -246,6 +246,24 @@ def test_formatting() -> None:
     assert format_bytes(44_800_000) == "42.72 MiB"
     assert format_speedup(1.8349) == "1.83x"
     assert format_speedup(None) == "-"
+    assert format_speedup(1.8349, 0.123) == "1.83x ± 0.12"
+    assert format_bytes(1536, 512) == "1.50 ± 0.50 KiB"
+    assert format_bytes(None, 1.0) == "-" and format_percent(None) == "-"
+
+
+def test_selection_time_averages_only_points_that_computed_scores(tmp_path: Path) -> None:
+    rows = []
+    for seed, (selection, cached) in enumerate(((4.0, False), (0.01, True), (2.0, False))):
+        row = result_row(f"OCAP-s{seed}", make_benchmark("OCAP", 0.3, seed), scores_cached=cached)
+        row["timings_s.selection"] = selection
+        rows.append(row)
+    write_results_csv(rows, tmp_path / "results.csv")
+    (group,) = summarise(read_results_csv(tmp_path / "results.csv"))
+    selection = group["metrics"]["timings_s.selection"]
+    assert selection["mean"] == pytest.approx(3.0) and selection["count"] == 2
+    assert group["metrics"]["timings_s.removal"]["count"] == 3  # other phases keep every run
+    report = render_report(rows)
+    assert "| 3.00 ± 1.41 |" in report  # the overhead table shows computed selections only
 
 
 def test_report_contents(folder: Path) -> None:
@@ -308,6 +326,7 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "results.csv" in err
+    assert err.startswith("capl-report: error: ")
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
     with pytest.raises(SystemExit) as exc:
@@ -392,3 +411,18 @@ def test_implementation_schema_variant_is_normalised(tmp_path: Path) -> None:
     group = summarise(rows)[0]
     assert "after.latency_ms.torch.32.median_ms" not in group["metrics"]
     assert group["per_layer"]["layer10.conv"]["count"] == len(SEEDS)
+
+
+def test_per_layer_keeps_network_order_through_csv(tmp_path: Path) -> None:
+    network_order = ["features.0", "features.3", "features.10", "classifier.1"]  # not sorted
+    benchmark = make_benchmark("OCAP", 0.3, 0)
+    benchmark["per_layer"] = {
+        name: {"before": 16, "after": 8, "kind": "channels"} for name in network_order
+    }
+    write_results_csv([result_row("p", benchmark)], tmp_path / "results.csv")
+    header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
+    layers = [c.rsplit(".", 1)[0] for c in header if c.startswith("per_layer.")]
+    assert list(dict.fromkeys(layers)) == [f"per_layer.{n}" for n in network_order]
+    (group,) = summarise(read_results_csv(tmp_path / "results.csv"))
+    assert list(group["per_layer"]) == network_order
+    assert group["per_layer"]["classifier.1"]["mean"] == pytest.approx(0.5)

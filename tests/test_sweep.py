@@ -103,6 +103,9 @@ def test_serial_sweep_rows_equal_benchmark_json(serial: dict[str, Any]) -> None:
             if not _close(row.get(k), v) and not (v in (None, "") and row.get(k) in (None, ""))
         ]
         assert mismatched == []
+        # per-layer columns keep benchmark.json's network order through results.csv
+        layers = [k.rsplit(".", 1)[0] for k in row if k.startswith("per_layer.")]
+        assert list(dict.fromkeys(layers)) == [f"per_layer.{n}" for n in bench["per_layer"]]
         assert (out / "points" / row["point_id"] / "config.yaml").is_file()
         assert (out / "tb" / row["point_id"]).is_dir()
     assert (out / "report.md").is_file()
@@ -113,6 +116,8 @@ def test_scores_computed_once_per_criterion(serial: dict[str, Any]) -> None:
     assert len(list((out / "scores").glob("*.pt"))) == 2  # L1Norm and OCAP, not 4
     cached = {r.point_id: r.scores_cached for r in serial["run"].ran}
     assert [cached[p.point_id] for p in serial["run"].points] == [False, True, False, True]
+    rows = read_results_csv(out / "results.csv")  # the report needs the flag per row
+    assert [r["scores_cached"] for r in rows] == [False, True, False, True]
 
 
 def test_rerun_skips_finished_and_redoes_a_lost_record(serial: dict[str, Any]) -> None:

@@ -7,14 +7,16 @@ Library code logs; these entry points print one summary line (stdout) or one err
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from capl.errors import ConfigError
-from capl.sweep.report import report_main
+from capl.sweep.report import REPORT_MD, write_report
 
 __all__ = ["report_main", "sensitivity_main", "sweep_main"]
 
@@ -23,7 +25,8 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
 
-def _fail(prog: str, err: BaseException) -> None:
+def _fail(prog: str, err: BaseException) -> NoReturn:
+    """Print ``PROG: error: MESSAGE`` on stderr and exit with code 2 (a user error)."""
     sys.stderr.write(f"{prog}: error: {err}\n")
     raise SystemExit(2) from None
 
@@ -147,4 +150,34 @@ def sensitivity_main(argv: Sequence[str] | None = None) -> int:
         f"accuracy {result.base_accuracy:.4f}; wrote sensitivity.csv, sensitivity.png, "
         f"suggestion.json, suggested_pruning.yaml to {args.output}\n"
     )
+    return 0
+
+
+def report_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``capl-report FOLDER``: regenerate report and plots from results.csv.
+
+    Args:
+        argv: Command-line arguments; ``None`` reads ``sys.argv``.
+
+    Returns:
+        0 on success.
+
+    Raises:
+        SystemExit: With code 2 after a one-line error on stderr (missing folder, missing or
+            empty ``results.csv``, bad arguments).
+    """
+    parser = argparse.ArgumentParser(
+        prog="capl-report",
+        description="Regenerate report.md, summary.csv and plots of a capl sweep from its "
+        "results.csv.",
+    )
+    parser.add_argument("folder", type=Path, help="sweep output folder holding results.csv")
+    parser.add_argument("--no-plots", action="store_true", help="write report.md only")
+    args = parser.parse_args(None if argv is None else list(argv))
+    try:
+        written = write_report(args.folder, plots=not args.no_plots)
+    except (FileNotFoundError, ValueError, csv.Error) as err:
+        _fail("capl-report", err)
+    n_plots = sum(1 for p in written if p.suffix == ".png")
+    sys.stdout.write(f"capl-report: wrote {REPORT_MD} and {n_plots} plots to {args.folder}\n")
     return 0

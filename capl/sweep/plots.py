@@ -380,8 +380,10 @@ def _timing_names(summary: Sequence[Group]) -> list[str]:
 def plot_overhead(summary: Sequence[Group], path: str | Path) -> list[Path]:
     """Preparation time per criterion, stacked by phase (selection, removal, retraining).
 
-    Each bar is the mean over all successful runs of one criterion (all ratios and seeds), so
-    criteria compare at a glance; the report's overhead table has the per-ratio values.
+    Each bar is the mean over all successful runs of one criterion (all ratios and seeds; for
+    selection only the runs that computed their scores rather than reading them from the
+    cache), so criteria compare at a glance; the report's overhead table has the per-ratio
+    values.
 
     Args:
         summary: Groups from :func:`capl.sweep.report.summarise`.

@@ -13,21 +13,20 @@ CSV conventions:
 * Lists become ``";"``-joined strings (``classes.indices = "3;5;7"``).
 * An unpruned (baseline) run has ``strategy.name`` empty.
 * Bookkeeping columns (:data:`BOOKKEEPING_COLUMNS`) come first, then all other columns in natural
-  sort order; ``status`` is ``"ok"`` or ``"failed"`` and ``error`` holds a failed point's message.
+  sort order, then the ``per_layer.*`` columns in network order (as ``benchmark.json`` lists
+  them); ``status`` is ``"ok"`` or ``"failed"`` and ``error`` holds a failed point's message.
 * Empty cells read back as ``None``; numbers as ``int`` / ``float``; ``True`` / ``False`` as bool.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import logging
 import math
 import re
-import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,6 @@ __all__ = [
     "normalise_row",
     "read_results_csv",
     "render_report",
-    "report_main",
     "result_row",
     "summarise",
     "write_report",
@@ -128,6 +126,8 @@ _METRIC_PATTERNS = (
 _SKIPPED_PREFIXES = ("before.layers.", "after.layers.")
 _PER_LAYER = re.compile(r"^per_layer\.(?P<layer>.+)\.(?P<field>before|after|kind)$")
 _TIMING_ORDER = ("selection", "removal", "retraining")
+#: Averaged only over points that computed their scores (``scores_cached`` not true).
+_SELECTION_TIMING = "timings_s.selection"
 _NA = "-"  # shown for a missing value
 
 
@@ -276,12 +276,13 @@ def natural_key(text: str) -> tuple:
 
 
 def _columns(rows: Iterable[Mapping[str, Any]]) -> list[str]:
-    seen: set[str] = set()
+    seen: dict[str, None] = {}
     for row in rows:
-        seen.update(row)
+        seen.update(dict.fromkeys(row))
     lead = [name for name in BOOKKEEPING_COLUMNS if name in seen]
-    rest = sorted(seen.difference(lead), key=natural_key)
-    return lead + rest
+    layers = [name for name in seen if name.startswith("per_layer.")]  # network order
+    rest = sorted(set(seen).difference(lead, layers), key=natural_key)
+    return lead + rest + layers
 
 
 def _cell(value: Any) -> str:
@@ -296,7 +297,8 @@ def write_results_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Pa
     """Write rows to a CSV file atomically.
 
     Columns are the union over all rows: bookkeeping first (:data:`BOOKKEEPING_COLUMNS`), then
-    the rest in natural sort order. Missing values are empty cells.
+    the rest in natural sort order, except ``per_layer.*`` columns, which come last in their
+    first-seen (network) order. Missing values are empty cells.
 
     Args:
         rows: Flat rows (see :func:`flatten`, :func:`result_row`).
@@ -414,7 +416,7 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         pairs), ``metrics`` (column -> ``{"mean", "std", "count"}``, ``std`` the sample
         standard deviation over seeds, ``None`` for a single run) and ``per_layer`` (layer ->
         the same statistics of the kept fraction ``after / before``, plus ``before`` and
-        ``kind``; layers in natural order).
+        ``kind``; layers in network order, i.e. first-seen column order).
     """
     rows = [normalise_row(row) for row in rows]
     groups: dict[tuple, dict[str, list]] = {}
@@ -427,11 +429,12 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         columns.update(row)
     metrics = _metric_columns(columns)
-    layers: dict[str, None] = {}
-    for name in sorted(columns, key=natural_key):
-        match = _PER_LAYER.match(name)
-        if match:
-            layers.setdefault(match["layer"])
+    layers: dict[str, None] = {}  # network order: first-seen column order
+    for row in rows:
+        for name in row:
+            match = _PER_LAYER.match(name)
+            if match:
+                layers.setdefault(match["layer"])
 
     strategy_order: dict[Any, int] = {None: -1}
     for key in groups:
@@ -459,7 +462,11 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         group["seeds"] = [row.get("seed") for row in ok]
         group["point_ids"] = [row.get("point_id") for row in ok]
         group["errors"] = [(row.get("point_id"), row.get("error")) for row in failed]
-        group["metrics"] = {name: _stat(_numbers(ok, name)) for name in metrics}
+        computed = [row for row in ok if not row.get("scores_cached")]
+        group["metrics"] = {
+            name: _stat(_numbers(computed if name == _SELECTION_TIMING else ok, name))
+            for name in metrics
+        }
         group["per_layer"] = _per_layer(ok, layers)
         summary.append(group)
     return summary
@@ -507,14 +514,18 @@ def summary_rows(summary: Sequence[Mapping[str, Any]]) -> list[dict[str, Scalar]
 # Formatting
 
 
-def format_percent(value: float | None, std: float | None = None, digits: int = 2) -> str:
-    """Format a fraction as a percentage number (``0.9321 -> "93.21"``), with ``± std``."""
+def _mean_std(
+    value: float | None, std: float | None, fmt: Callable[[float], str], mark: str = ""
+) -> str:
+    """``fmt(value) + mark``, then `` ± fmt(std)`` when ``std`` is given; ``-`` for no value."""
     if value is None:
         return _NA
-    text = f"{100 * value:.{digits}f}"
-    if std is not None:
-        text += f" ± {100 * std:.{digits}f}"
-    return text
+    return fmt(value) + mark + ("" if std is None else f" ± {fmt(std)}")
+
+
+def format_percent(value: float | None, std: float | None = None, digits: int = 2) -> str:
+    """Format a fraction as a percentage number (``0.9321 -> "93.21"``), with ``± std``."""
+    return _mean_std(value, std, lambda v: f"{100 * v:.{digits}f}")
 
 
 def format_bytes(value: float | None, std: float | None = None) -> str:
@@ -525,20 +536,12 @@ def format_bytes(value: float | None, std: float | None = None) -> str:
         ((u, s) for u, s in (("MiB", 1024**2), ("KiB", 1024)) if abs(value) >= s), ("B", 1)
     )
     digits = 0 if unit == "B" else 2
-    text = f"{value / scale:.{digits}f}"
-    if std is not None:
-        text += f" ± {std / scale:.{digits}f}"
-    return f"{text} {unit}"
+    return f"{_mean_std(value, std, lambda v: f'{v / scale:.{digits}f}')} {unit}"
 
 
 def format_speedup(value: float | None, std: float | None = None) -> str:
     """Format a speed-up factor as ``"1.83x"``, with ``± std``."""
-    if value is None:
-        return _NA
-    text = f"{value:.2f}x"
-    if std is not None:
-        text += f" ± {std:.2f}"
-    return text
+    return _mean_std(value, std, lambda v: f"{v:.2f}", mark="x")
 
 
 def _format_count(value: float | None, std: float | None = None) -> str:
@@ -555,12 +558,7 @@ def _format_count(value: float | None, std: float | None = None) -> str:
 
 
 def _format_seconds(value: float | None, std: float | None = None) -> str:
-    if value is None:
-        return _NA
-    text = f"{value:.2f}"
-    if std is not None:
-        text += f" ± {std:.2f}"
-    return text
+    return _mean_std(value, std, lambda v: f"{v:.2f}")
 
 
 def _format_ratio(value: Any) -> str:
@@ -698,7 +696,8 @@ def render_report(rows: Sequence[Mapping[str, Any]], plots: Sequence[str] = ()) 
         "",
         "Values are mean ± sample standard deviation over seeds (no ± for a single run). "
         "Accuracies are on the selected classes (same k-way task before and after pruning); "
-        "speed-ups are base latency / pruned latency (median).",
+        "speed-ups are base latency / pruned latency (median); selection time is averaged "
+        "over the runs that computed their scores (not those that reused cached scores).",
         "",
     ]
 
@@ -860,34 +859,3 @@ def write_report(folder: str | Path, plots: bool = True) -> list[Path]:
 def write_results_summary(summary: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Write :func:`summarise`'s groups as a CSV (one row per configuration)."""
     return write_results_csv(summary_rows(summary), path)
-
-
-def report_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``capl-report FOLDER``: regenerate report and plots from results.csv.
-
-    Args:
-        argv: Command-line arguments; ``None`` reads ``sys.argv``.
-
-    Returns:
-        0 on success.
-
-    Raises:
-        SystemExit: With code 2 after a one-line error on stderr (missing folder, missing or
-            empty ``results.csv``, bad arguments).
-    """
-    parser = argparse.ArgumentParser(
-        prog="capl-report",
-        description="Regenerate report.md, summary.csv and plots of a capl sweep from its "
-        "results.csv.",
-    )
-    parser.add_argument("folder", type=Path, help="sweep output folder holding results.csv")
-    parser.add_argument("--no-plots", action="store_true", help="write report.md only")
-    args = parser.parse_args(None if argv is None else list(argv))
-    try:
-        written = write_report(args.folder, plots=not args.no_plots)
-    except (FileNotFoundError, ValueError, csv.Error) as err:
-        sys.stderr.write(f"capl-report: error: {err}\n")
-        raise SystemExit(2) from None
-    n_plots = sum(1 for p in written if p.suffix == ".png")
-    sys.stdout.write(f"capl-report: wrote {REPORT_MD} and {n_plots} plots to {args.folder}\n")
-    return 0
