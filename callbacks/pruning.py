@@ -50,7 +50,8 @@ class PruningCallback(Callback):
         target: Prune until the realised ``macs`` or ``params`` reduction reaches ``ratio``.
         ignore: Layer-name patterns (fnmatch) never pruned.
         skip_first: Number of leading convolutions never pruned.
-        round_to: Keep channel counts multiples of this (hardware-friendly widths).
+        round_to: Keep channel counts multiples of this (hardware-friendly widths); ``auto``
+            (default) picks the multiple for the device (8 on CPU), ``null`` keeps any width.
         min_channels: Channels every pruned layer keeps at least.
         layer_ratios: ``{fnmatch pattern: ratio}`` overriding ``ratio`` for the channel groups
             whose first conv matches (first pattern wins); needs ``scope: layer`` and no
@@ -69,7 +70,7 @@ class PruningCallback(Callback):
         target: Literal["macs", "params"] | None = None,
         ignore: list[str] | None = None,
         skip_first: int = 0,
-        round_to: int | None = None,
+        round_to: int | Literal["auto"] | None = "auto",
         min_channels: int = 1,
         layer_ratios: dict[str, float] | None = None,
         cut_head: bool = True,

@@ -15,6 +15,7 @@ from capl.errors import ConfigError
 from capl.models import build_network, find_classifier
 from capl.pruning import (
     PruningConfig,
+    auto_round_to,
     PruningPlan,
     apply_plan,
     conv_linear_macs,
@@ -126,6 +127,8 @@ def _scores(criterion: Criterion, model: nn.Module) -> dict[str, Tensor]:
 
 
 def _plan(arch: str, criterion: Criterion | None = None, **config) -> tuple[nn.Module, PruningPlan]:
+    # exact per-group counts unless a test asks for rounding (the default, auto, rounds)
+    config.setdefault("round_to", None)
     model = _net(arch)
     criterion = criterion or _TestL1()
     plan = make_plan(model, criterion, _scores(criterion, model), PruningConfig(**config), _x())
@@ -243,6 +246,56 @@ def test_round_to_keeps_multiples() -> None:
         for key, idxs in plan.removed:
             kept = model.get_submodule(key).out_channels - len(idxs)
             assert kept % 8 == 0, (arch, key, kept)
+
+
+def test_round_to_auto_is_the_default_and_explicit_values_win() -> None:
+    assert PruningConfig(0.5).round_to == "auto"
+    assert auto_round_to("cpu") == 8
+    assert auto_round_to("cuda", torch.float32) == auto_round_to("cuda", torch.float16) == 8
+    assert auto_round_to("cuda", torch.int8) == 16
+    model, plan = _plan("resnet18", ratio=0.3, round_to="auto")
+    assert plan.report["selection"]["round_to"] == 8
+    assert plan.removed
+    for key, idxs in plan.removed:
+        kept = model.get_submodule(key).out_channels - len(idxs)
+        assert kept % 8 == 0, (key, kept)
+    # the plan keeps the setting as given; the multiple it resolved to is in the report
+    assert PruningPlan.from_dict(json.loads(json.dumps(plan.to_dict()))).config.round_to == "auto"
+    model, plan4 = _plan("resnet18", ratio=0.3, round_to=4)
+    kept4 = [model.get_submodule(k).out_channels - len(i) for k, i in plan4.removed]
+    assert all(k % 4 == 0 for k in kept4) and any(k % 8 for k in kept4)
+    assert plan4.report["selection"]["round_to"] == 4
+    _, exact = _plan("resnet18", ratio=0.3, round_to=None)
+    assert exact.report["selection"]["round_to"] is None
+    assert any((64 - len(i)) % 8 for k, i in exact.removed if k == "conv1")
+
+
+def test_masks_ignore_round_to_auto(caplog: pytest.LogCaptureFixture) -> None:
+    criterion = _TestRandomScores("weight")
+    with caplog.at_level("WARNING", logger="capl.pruning.plan"):
+        _, auto = _plan("resnet18", criterion, ratio=0.5, round_to="auto")
+    assert "round_to" not in caplog.text  # the default is not a request to round
+    _, exact = _plan("resnet18", criterion, ratio=0.5, round_to=None)
+    assert auto.masks == exact.masks and auto.report["selection"]["round_to"] is None
+    with caplog.at_level("WARNING", logger="capl.pruning.plan"):
+        _plan("resnet18", criterion, ratio=0.5, round_to=8)
+    assert "round_to=8 ignored" in caplog.text
+
+
+def test_layer_macs_target_with_round_to_meets_the_budget() -> None:
+    # torchvision's ImageNet stem: the closest step of the layer-scope search falls 1.5% short
+    # of the goal; the plan must take the step that meets it rather than call it unreachable
+    torch.manual_seed(0)
+    model = build_network("resnet18", CLASSES).eval()
+    criterion = available_criteria().get("L1Norm", _TestL1)()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    config = PruningConfig(ratio=0.5, scope="layer", round_to=8, target="macs")
+    plan = make_plan(model, criterion, _scores(criterion, model), config, x)
+    assert 0.5 <= plan.report["macs_removed_fraction"] < 0.6
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    kept = [pruned.get_submodule(k).out_channels for k, _ in plan.removed]
+    assert kept and all(k % 8 == 0 for k in kept)
+    assert pruned(x).shape == (1, CLASSES)
 
 
 def test_skip_first_and_ignore() -> None:
@@ -447,6 +500,15 @@ def test_report_counts_match_benchmark() -> None:
     assert report["macs_after"] == counting.count_conv_linear_macs(pruned, (3, SIZE, SIZE))
     assert report["params_after"] == counting.count_params(pruned)
     assert report == {k: v for k, v in plan.report.items() if k != "selection"}
+    # make_plan counts without forwards (the traced shapes); a cut head is read off the module
+    model, criterion = _net("resnet18"), _TestL1()
+    config = PruningConfig(0.4, scope="global", round_to=None)
+    plan = make_plan(model, criterion, _scores(criterion, model), config, _x(), head_rows=[2, 7])
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    assert pruning_report(model, pruned, _x()) == {
+        k: v for k, v in plan.report.items() if k != "selection"
+    }
+    assert plan.report["layers"]["fc"]["channels_after"] == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,6 +524,7 @@ def test_report_counts_match_benchmark() -> None:
         ({"ratio": 0.5, "target": "flops"}, "target"),
         ({"ratio": 0.5, "skip_first": -1}, "skip_first"),
         ({"ratio": 0.5, "round_to": 0}, "round_to"),
+        ({"ratio": 0.5, "round_to": "eight"}, "round_to must be auto, null or an integer"),
         ({"ratio": 0.5, "min_channels": -1}, "min_channels"),
         ({"ratio": 0.5, "ignore": "layer1.*"}, "ignore"),
     ],
@@ -481,7 +544,7 @@ def test_plan_errors() -> None:
     with pytest.raises(ConfigError, match="head rows"):
         make_plan(model, criterion, scores, PruningConfig(0.5), x, head_rows=[3, 10])
     with pytest.raises(ConfigError, match="every unit"):
-        make_plan(model, criterion, scores, PruningConfig(0.999, min_channels=0), x)
+        make_plan(model, criterion, scores, PruningConfig(0.999, min_channels=0, round_to=None), x)
     with pytest.raises(ConfigError, match="unreachable"):
         config = PruningConfig(0.5, target="params", ignore=["layer3.*", "layer4.*"])
         make_plan(model, criterion, scores, config, x)
@@ -555,7 +618,7 @@ def test_layer_ratios_give_per_group_counts(
     model = build_network(arch, CLASSES, small_input=True).eval()
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
     criterion = _TestL1()
-    config = PruningConfig(ratio=ratio, layer_ratios=layer_ratios)
+    config = PruningConfig(ratio=ratio, layer_ratios=layer_ratios, round_to=None)
     plan = make_plan(model, criterion, _scores(criterion, model), config, x)
     groups = analyse(model, x).groups
     expected = _expected_removed(groups, layer_ratios, ratio)

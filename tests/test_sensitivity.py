@@ -164,7 +164,7 @@ def test_suggestion_feeds_a_layer_ratio_plan(base_weights: str) -> None:
         capped = [r for r in table if r["ratio"] <= cap[r["layer"]]]
         layer_ratios = suggest_ratios(capped, base, max_drop=1.0)
         assert layer_ratios == cap
-        config = PruningConfig(ratio=0.0, scope="layer", layer_ratios=layer_ratios)
+        config = PruningConfig(ratio=0.0, scope="layer", layer_ratios=layer_ratios, round_to=None)
         example = torch.zeros(1, *dm.input_shape)
         plan = make_plan(
             net, criterion, criterion.score(net, prunable_layers(net), {}), config, example

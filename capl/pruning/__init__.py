@@ -9,7 +9,7 @@ Typical use::
     json_text = json.dumps(plan.to_dict())
 """
 
-from capl.pruning.config import PruningConfig
+from capl.pruning.config import PruningConfig, auto_round_to
 from capl.pruning.plan import (
     PruningPlan,
     apply_plan,
@@ -26,6 +26,7 @@ __all__ = [
     "PruningConfig",
     "PruningPlan",
     "apply_plan",
+    "auto_round_to",
     "class_subset_head",
     "conv_linear_macs",
     "fingerprint",

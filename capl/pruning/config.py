@@ -6,10 +6,13 @@ import fnmatch
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import torch
+
 from capl.errors import ConfigError
 
 Scope = Literal["layer", "global"]
 Target = Literal["macs", "params"]
+RoundTo = int | Literal["auto"] | None
 
 _SCOPES = ("layer", "global")
 _TARGETS = (None, "macs", "params")
@@ -31,7 +34,9 @@ class PruningConfig:
         ignore: ``fnmatch`` patterns of module names never pruned (a group is kept whole when
             any member matches). Every pattern must match some module.
         skip_first: The first N convolutions in forward order are not pruned.
-        round_to: Kept channel counts are multiples of this (structured pruning only).
+        round_to: Kept channel counts are multiples of this (structured pruning only; masks
+            ignore it). ``"auto"`` (default) picks the multiple that suits the device the network
+            is planned on (:func:`auto_round_to`); ``None`` keeps any width.
         min_channels: Units every layer keeps at least (channels, or kernels / weights for masks).
             With 0, a budget that empties a layer is an error instead of being clamped.
         layer_ratios: ``{fnmatch pattern: ratio}`` with ratios in [0, 1), or ``None``. Needs
@@ -47,7 +52,7 @@ class PruningConfig:
     target: Target | None = None
     ignore: list[str] = field(default_factory=list)
     skip_first: int = 0
-    round_to: int | None = None
+    round_to: RoundTo = "auto"
     min_channels: int = 1
     layer_ratios: dict[str, float] | None = None
 
@@ -75,12 +80,14 @@ class PruningConfig:
             raise ConfigError(f"skip_first must be an integer >= 0, got {self.skip_first!r}")
         if self.skip_first < 0:
             raise ConfigError(f"skip_first must be >= 0, got {self.skip_first}")
-        if self.round_to is not None and (
+        if self.round_to not in (None, "auto") and (
             isinstance(self.round_to, bool)
             or not isinstance(self.round_to, int)
             or self.round_to < 1
         ):
-            raise ConfigError(f"round_to must be null or an integer >= 1, got {self.round_to!r}")
+            raise ConfigError(
+                f"round_to must be auto, null or an integer >= 1, got {self.round_to!r}"
+            )
         if isinstance(self.min_channels, bool) or not isinstance(self.min_channels, int):
             raise ConfigError(f"min_channels must be an integer >= 0, got {self.min_channels!r}")
         if self.min_channels < 0:
@@ -120,6 +127,12 @@ class PruningConfig:
             out[pattern] = float(ratio)
         return out
 
+    def resolved_round_to(
+        self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> int | None:
+        """``round_to`` as an integer multiple (or ``None``) for a network on ``device``."""
+        return auto_round_to(device, dtype) if self.round_to == "auto" else self.round_to
+
     def ratio_for(self, name: str) -> float:
         """The ratio a group keyed by ``name`` (or a mask layer) removes under layer scope."""
         for pattern, ratio in (self.layer_ratios or {}).items():
@@ -141,3 +154,28 @@ class PruningConfig:
                 f"{', '.join(cls.__dataclass_fields__)}"
             )
         return cls(**data)
+
+
+def auto_round_to(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> int:
+    """The channel multiple ``round_to: auto`` keeps for a network on ``device``.
+
+    Convolution kernels process channels in fixed-size blocks and pad a partial block, so a
+    width that is not a multiple of the block costs about as much as the next multiple and the
+    MACs it saves are not realised (the width-latency staircase of ``scripts/bench_widths.py``,
+    ``benchmarks/efficiency.md``). The rule:
+
+    - CPU: 8, the fp32 lanes of an AVX2 register (oneDNN's and ONNX Runtime's MLAS NCHWc
+      kernels block channels by 8, by 16 on AVX-512). 16 would match AVX-512 exactly but leaves
+      too few widths in narrow layers (a 16-channel layer could only stay whole), and with
+      multiples of 8 at most half a block is padded.
+    - CUDA: the 16-byte alignment tensor-core convolutions need, at least 8 channels: 8 for
+      fp32 (TF32) and 16-bit floats, 16 for 8-bit types.
+
+    Args:
+        device: Where the network is planned (and is to run).
+        dtype: Its parameters' dtype.
+    """
+    if torch.device(device).type == "cuda":
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return max(8, 16 // itemsize)
+    return 8

@@ -188,12 +188,17 @@ def make_plan(
     rows = _check_head_rows(head_rows, classifier.out_features)
     excluded = _excluded(structure, config)
     head_cut = 0 if rows is None else classifier.out_features - len(rows)
+    param = next(model.parameters(), None)
+    round_to = config.resolved_round_to(
+        model_device(model), torch.float32 if param is None else param.dtype
+    )
     if criterion.granularity == "filter":
         problem: _Problem = _FilterProblem(
-            structure, scores, criterion.normalization, config, excluded, head_cut
+            structure, scores, criterion.normalization, config, excluded, head_cut, round_to
         )
     elif criterion.granularity in ("weight", "kernel"):
-        if config.round_to is not None:
+        round_to = None
+        if isinstance(config.round_to, int):  # an explicit multiple, not the default auto
             log.warning(
                 "round_to=%s ignored: masks (%s granularity) keep no channel counts",
                 config.round_to,
@@ -235,6 +240,7 @@ def make_plan(
         "target": config.target,
         "scope": config.scope,
         "unit_ratio": ratio,
+        "round_to": round_to,
         "estimated_macs_removed_fraction": estimate["macs"],
         "estimated_params_removed_fraction": estimate["params"],
     }
@@ -373,6 +379,11 @@ def _choose_ratio(problem: _Problem, config: PruningConfig) -> float:
     candidates = [(r, v) for r in (lo, hi) if (v := value(r)) is not None]
     best_r, best_v = min(candidates, key=lambda rv: (abs(rv[1] - goal), rv[0]))
     if best_v < goal - _TARGET_TOLERANCE:
+        # coarse steps (round_to, layer scope): the side that meets the budget beats the
+        # closer side that misses it
+        meeting = [(r, v) for r, v in candidates if v >= goal]
+        if meeting:
+            return meeting[0][0]
         raise ConfigError(
             f"{config.target} reduction {goal} is unreachable: at most {best_v:.3f} can be removed "
             f"with min_channels={config.min_channels} and the ignored layers; lower the ratio"
@@ -391,9 +402,11 @@ class _FilterProblem(_Problem):
         config: PruningConfig,
         excluded: set[str],
         head_cut: int,
+        round_to: int | None = None,
     ) -> None:
         self.structure = structure
         self.config = config
+        self.round_to = round_to  # resolved (round_to: auto depends on the device)
         self.head = {(structure.classifier, OUT): head_cut} if head_cut else {}
         self.macs0, self.params0 = structure.totals()
         _check_names(scores, structure)
@@ -459,7 +472,7 @@ class _FilterProblem(_Problem):
         return torch.bincount(self.sorted_gid[:m], minlength=len(self.groups)).tolist()
 
     def counts(self, r: float) -> list[int] | None:
-        round_to, floor = self.config.round_to, self.config.min_channels
+        round_to, floor = self.round_to, self.config.min_channels
         out = []
         for g, n in zip(self.groups, self._raw(r)):
             kept = g.channels - n

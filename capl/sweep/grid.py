@@ -29,7 +29,7 @@ A sweep file has these sections (only ``base``, ``data`` and ``grid`` are requir
       classes: [[3, 5, 8]]           # class subsets; default the data section's classes
       seeds: [0]
       retrain_epochs: [0, 1]         # 0 = prune and measure only
-    pruning: {ignore: [], skip_first: 0, round_to: null, min_channels: 1, cut_head: true}
+    pruning: {ignore: [], skip_first: 0, round_to: auto, min_channels: 1, cut_head: true}
     retrain:                         # for points with retrain_epochs > 0
       optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.01, momentum: 0.9}}
       lr_scheduler: null
@@ -153,7 +153,7 @@ class PruningSpec:
 
     ignore: list[str] = field(default_factory=list)
     skip_first: int = 0
-    round_to: int | None = None
+    round_to: int | str | None = "auto"
     min_channels: int = 1
     cut_head: bool = True
 
@@ -494,11 +494,11 @@ def _pruning(value: Any) -> PruningSpec:
     ignore = data.get("ignore") or []
     if not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore):
         raise ConfigError("pruning.ignore must be a list of module-name patterns")
-    round_to = data.get("round_to")
+    round_to = data.get("round_to", "auto")
     return PruningSpec(
         ignore=ignore,
         skip_first=_int("pruning.skip_first", data.get("skip_first", 0), 0),
-        round_to=None if round_to is None else _int("pruning.round_to", round_to, 1),
+        round_to=round_to if round_to in (None, "auto") else _int("pruning.round_to", round_to, 1),
         min_channels=_int("pruning.min_channels", data.get("min_channels", 1), 0),
         cut_head=bool(data.get("cut_head", True)),
     )

@@ -277,7 +277,8 @@ def scan_layers(
                     channels_removed=0.0,
                 )
             else:
-                config = PruningConfig(ratio=ratio, scope="layer", ignore=ignore)
+                # exact widths: a scan measures the ratio itself (the suggestion replays it so)
+                config = PruningConfig(ratio=ratio, scope="layer", ignore=ignore, round_to=None)
                 try:
                     plan = make_plan(network, criterion, scores, config, example)
                 except ConfigError as err:  # e.g. the ratio would empty a tiny layer
@@ -346,8 +347,8 @@ def suggested_pruning(suggestion: Mapping[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``{"class_path": "capl.callbacks.PruningCallback", "init_args": {...}}`` with the
-        criterion, ``ratio: 0.0`` (groups that were not scanned stay whole), ``scope: layer``
-        and ``layer_ratios``.
+        criterion, ``ratio: 0.0`` (groups that were not scanned stay whole), ``scope: layer``,
+        ``round_to: null`` (the scan's exact widths) and ``layer_ratios``.
 
     Raises:
         ConfigError: The suggestion's ratios are not a valid ``PruningConfig.layer_ratios``.
@@ -366,6 +367,7 @@ def suggested_pruning(suggestion: Mapping[str, Any]) -> dict[str, Any]:
             },
             "ratio": 0.0,
             "scope": "layer",
+            "round_to": None,
             "layer_ratios": layer_ratios,
         },
     }
