@@ -16,6 +16,7 @@ while everything else (file names, pickle parsing, meta file) stays torchvision'
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import pickle
 import struct
@@ -182,15 +183,32 @@ def _idx(magic: int, dims: Sequence[int], payload: np.ndarray) -> bytes:
 
 
 def write_fashion_mnist(
-    root: str | os.PathLike[str], train_per_class: int = 6, test_per_class: int = 2
+    root: str | os.PathLike[str],
+    train_per_class: int = 6,
+    test_per_class: int = 2,
+    layout: str = "torchvision",
+    compressed: bool = False,
 ) -> dict[str, list[int]]:
-    """Write ``root/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``.
+    """Write the four FashionMNIST idx files.
+
+    Args:
+        root: Where to write.
+        train_per_class: Training images per class.
+        test_per_class: Test images per class.
+        layout: ``torchvision`` (``root/FashionMNIST/raw/``) or ``flat`` (the files directly in
+            ``root``, as Debian's ``dataset-fashion-mnist`` installs them).
+        compressed: Gzip the files (``.gz`` suffix), as both Debian and the original site ship.
 
     Returns:
         ``{"train": labels, "test": labels}`` in file order.
     """
-    raw = Path(root) / "FashionMNIST" / "raw"
+    raw = Path(root) / "FashionMNIST" / "raw" if layout == "torchvision" else Path(root)
     raw.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if compressed else ""
+
+    def write(name: str, data: bytes) -> None:
+        (raw / (name + suffix)).write_bytes(gzip.compress(data) if compressed else data)
+
     splits = {
         "train": _interleaved(range(10), train_per_class),
         "test": _interleaved(range(10), test_per_class),
@@ -198,12 +216,8 @@ def write_fashion_mnist(
     for split, prefix in (("train", "train"), ("test", "t10k")):
         labels = splits[split]
         images = np.stack([_image_array(c, i, 28, 28)[:, :, 0] for i, c in enumerate(labels)])
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
-            _idx(0x00000803, (len(labels), 28, 28), images)
-        )
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
-            _idx(0x00000801, (len(labels),), np.asarray(labels))
-        )
+        write(f"{prefix}-images-idx3-ubyte", _idx(0x00000803, (len(labels), 28, 28), images))
+        write(f"{prefix}-labels-idx1-ubyte", _idx(0x00000801, (len(labels),), np.asarray(labels)))
     return splits
 
 

@@ -450,3 +450,68 @@ def test_data_configs_instantiate(path: Path) -> None:
     if isinstance(dm, DigitsSubset):
         dm.setup()
         assert dm.num_classes == 10
+
+
+# ------------------------------------------------------------------ FashionMNIST layouts, subsets
+
+
+@pytest.mark.parametrize(
+    ("layout", "compressed"),
+    [("torchvision", False), ("torchvision", True), ("flat", False), ("flat", True)],
+)
+def test_fashion_mnist_layouts(tmp_path: Path, layout: str, compressed: bool) -> None:
+    labels = write_fashion_mnist(tmp_path, layout=layout, compressed=compressed)
+    dm = FashionMNISTSubset(
+        str(tmp_path), classes="distinct", val_fraction=0.0, calibration_samples_per_class=2
+    )
+    dm.setup()
+    assert dm.class_indices == [1, 3, 7, 8]
+    assert dm.class_names == ["Trouser", "Dress", "Sneaker", "Bag"]
+    images, subset_labels = next(iter(dm.test_dataloader()))
+    expected = sorted(i for i, c in enumerate(labels["test"]) if c in (1, 3, 7, 8))
+    assert len(dm.test_dataset) == len(expected)
+    originals = decode_classes(images, dm.mean, dm.std)
+    assert originals == [dm.class_indices[int(y)] for y in subset_labels]
+    if compressed:  # read in place: nothing extracted next to the .gz files
+        assert not list(tmp_path.rglob("*-ubyte"))
+
+
+def test_fashion_mnist_named_subsets(roots: dict[str, Path]) -> None:
+    similar = FashionMNISTSubset(str(roots["fmnist"]), classes="similar")
+    assert similar.class_names == ["T-shirt/top", "Pullover", "Coat", "Shirt"]
+    assert FashionMNISTSubset(str(roots["fmnist"]), classes="Distinct").class_indices == [1, 3, 7, 8]
+
+
+def test_fashion_mnist_missing_names_both_layouts_and_package(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        FashionMNISTSubset(str(tmp_path), classes=[0]).setup()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "FashionMNIST/raw/" in message and "dataset-fashion-mnist" in message
+    assert "-ubyte[.gz]" in message
+
+
+def test_fashion_mnist_truncated_gz_is_malformed(tmp_path: Path) -> None:
+    write_fashion_mnist(tmp_path, layout="flat", compressed=True)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ConfigError, match=r"FashionMNIST idx files in .* are malformed"):
+        FashionMNISTSubset(str(tmp_path), classes=[0]).setup()
+
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.fashion_mnist
+@pytest.mark.skipif(
+    not (DEBIAN_FASHION / "t10k-labels-idx1-ubyte.gz").is_file(),
+    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
+)
+def test_real_fashion_mnist_files() -> None:
+    dm = FashionMNISTSubset(str(DEBIAN_FASHION), classes="similar", image_size=32)
+    dm.setup()
+    # the real test split: 1,000 images per class; the training split 6,000 minus validation
+    assert len(dm.test_dataset) == 4000
+    assert len(dm.train_dataset) + len(dm.val_dataset) == 24000
+    images, labels = next(iter(dm.test_dataloader()))
+    assert images.shape[1:] == (3, 32, 32) and labels.max() < 4
