@@ -28,8 +28,8 @@ from capl.benchmark import (
 from capl.benchmark.tensorboard import log_benchmark
 from capl.callbacks.pruning import PruningCallback
 from capl.errors import ConfigError
-from capl.evaluation import accuracy_from_confusion, confusion_matrix, target_rows
-from capl.io import write_json_atomic
+from capl.evaluation import evaluate_subset, target_rows
+from capl.io import check_writable, write_json_atomic
 from capl.models import build_network
 from capl.module import ImageClassifier
 from capl.pruning import make_masks_permanent
@@ -66,6 +66,10 @@ class BenchmarkCallback(Callback):
             ``torchscript`` (several times faster to export; fails on some adaptive pools).
         rounds: The base and the pruned model are timed in this many alternating rounds (ABBA
             order), so changes in machine load hit both alike.
+        input_size: ``[C, H, W]`` at which MACs, latency and memory are measured (e.g. the
+            deployment resolution ``[3, 224, 224]``); default the dataset's input shape.
+            Accuracy is always measured on the dataset's images. Both shapes are recorded under
+            ``input_shape`` in benchmark.json.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class BenchmarkCallback(Callback):
         run_name: str | None = None,
         exporter: Literal["auto", "dynamo", "torchscript"] = "auto",
         rounds: int = 4,
+        input_size: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.batch_sizes = list(batch_sizes or [1, 32])
@@ -97,12 +102,24 @@ class BenchmarkCallback(Callback):
         self.ort_threads = ort_threads
         self.warmup, self.repeats, self.min_time_s = warmup, repeats, min_time_s
         self.device = device
+        if output is not None:  # refused now, not after the whole run
+            if Path(output).is_dir():
+                raise ConfigError(
+                    f"BenchmarkCallback output {output} is a folder: give a file path such as "
+                    f"{Path(output) / BENCHMARK_FILE}"
+                )
+            check_writable(Path(output).parent, "BenchmarkCallback output")
         self.output = output
         self.run_name = run_name
         self.exporter = exporter
         if rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {rounds}")
         self.rounds = rounds
+        if input_size is not None and (
+            len(input_size) != 3 or any(isinstance(v, bool) or int(v) < 1 for v in input_size)
+        ):
+            raise ConfigError(f"input_size must be [C, H, W] with positive sizes, got {input_size}")
+        self.input_size = None if input_size is None else [int(v) for v in input_size]
         self.result: dict[str, Any] | None = None
 
     @override
@@ -122,7 +139,13 @@ class BenchmarkCallback(Callback):
         after_net = copy.deepcopy(module.network).cpu()
         make_masks_permanent(after_net)
         assert module.head_classes is not None
-        input_shape = tuple(datamodule.input_shape)
+        data_shape = tuple(datamodule.input_shape)
+        input_shape = tuple(self.input_size or data_shape)
+        if input_shape[0] != data_shape[0]:
+            raise ConfigError(
+                f"input_size {list(input_shape)} has {input_shape[0]} channels but the data has "
+                f"{data_shape[0]}: use [{data_shape[0]}, H, W]"
+            )
         device = self.device or ("cuda" if trainer.strategy.root_device.type == "cuda" else "cpu")
         workdir = output.parent
         blocks = {}
@@ -131,15 +154,9 @@ class BenchmarkCallback(Callback):
             for key, (net, head) in nets.items():
                 rows = target_rows(head, datamodule.class_indices)
                 net.to(device)
-                acc = accuracy_from_confusion(
-                    confusion_matrix(net, datamodule.test_dataloader(), rows)
-                )
-                names = datamodule.class_names
+                loader = datamodule.test_dataloader()
                 blocks[key] = {
-                    "accuracy": acc["accuracy"],
-                    "accuracy_macro": acc["accuracy_macro"],
-                    "accuracy_per_class": dict(zip(names, acc["accuracy_per_class"])),
-                    "test_samples": acc["samples"],
+                    **evaluate_subset(net, loader, rows, datamodule.class_names),
                     **self._profile(net, input_shape, device, Path(onnx_dir) / key),
                 }
             # both models timed together, interleaved, so the speed-up is not machine noise
@@ -185,6 +202,9 @@ class BenchmarkCallback(Callback):
             "target": (plan.get("config") or {}).get("target"),
             "seed": _seed(),
             "retrain_epochs": module.retrain_epochs,
+            "best_epoch": module.checkpoint_epochs if module.retrain_epochs else None,
+            "input_shape": {"accuracy": list(data_shape), "benchmark": list(input_shape)},
+            "accuracy_stages": accuracy_stages(blocks["before"], blocks["after"], module),
             "before": blocks["before"],
             "after": blocks["after"],
             "realised": realised(blocks["before"], blocks["after"]),
@@ -232,7 +252,11 @@ class BenchmarkCallback(Callback):
         if module.pruning_plan is not None and module.base_weights:
             head = list(module.base_head_classes or [])
             net = build_network(
-                module.hparams.network, len(head), module.hparams.small_input, module.base_weights
+                module.hparams.network,
+                len(head),
+                module.hparams.small_input,
+                module.base_weights,
+                module.trust_weights,
             )
             return net, head
         if pruning is not None and pruning.base_network is not None:
@@ -249,6 +273,34 @@ class BenchmarkCallback(Callback):
             log_benchmark(logger, result)
 
 
+def accuracy_stages(
+    before: dict[str, Any], after: dict[str, Any], module: ImageClassifier
+) -> dict[str, Any]:
+    """Accuracy at each stage on the same k-way task: base, pruned, bn_recalibrated, retrained.
+
+    ``pruned`` and ``bn_recalibrated`` were measured by the PruningCallback right after removal
+    (they travel with checkpoints); ``retrained`` is the model under test when it was trained
+    after pruning; ``chance`` is ``1 / k``.
+    """
+
+    def stage(block: dict[str, Any]) -> dict[str, Any]:
+        keys = ("accuracy", "accuracy_macro", "accuracy_per_class", "test_samples")
+        return {k: block[k] for k in keys if k in block}
+
+    stages: dict[str, Any] = {
+        "chance": 1.0 / max(1, len(before.get("accuracy_per_class") or {})),
+        "base": stage(before),
+    }
+    if module.pruning_plan is None:
+        return stages
+    stages.update(copy.deepcopy(module.accuracy_stages))
+    if module.retrain_epochs > 0:
+        stages["retrained"] = stage(after)
+    elif "pruned" not in stages:  # a checkpoint of an older capl: the model is the pruned one
+        stages["pruned"] = stage(after)
+    return stages
+
+
 def _find_pruning_callback(trainer: Trainer) -> PruningCallback | None:
     return next((cb for cb in trainer.callbacks if isinstance(cb, PruningCallback)), None)
 
@@ -259,4 +311,4 @@ def _seed() -> int | None:
     return int(value) if value is not None else None
 
 
-__all__ = ["BENCHMARK_FILE", "BenchmarkCallback"]
+__all__ = ["BENCHMARK_FILE", "BenchmarkCallback", "accuracy_stages"]

@@ -18,9 +18,16 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from capl.errors import ConfigError
+from capl.evaluation import evaluate_subset
 from capl.io import write_bytes_atomic, write_json_atomic
-from capl.module import ImageClassifier
-from capl.pruning import PruningConfig, make_masks_permanent, make_plan, prunable_layers
+from capl.module import CHECKPOINT_KEY, ImageClassifier
+from capl.pruning import (
+    PruningConfig,
+    make_masks_permanent,
+    make_plan,
+    prunable_layers,
+    recalibrate_batchnorm,
+)
 from capl.strategies import Criterion
 
 log = logging.getLogger(__name__)
@@ -60,6 +67,16 @@ class PruningCallback(Callback):
         score_cache: Folder where scores are kept, keyed by the criterion's settings, the base
             network's weights, the classes and the calibration data; a sweep computes a
             criterion's scores once and reuses them for every ratio.
+        bn_recalibration: After removal, reset the BatchNorm running statistics and re-estimate
+            them on this many training batches of the selected classes (train-mode BatchNorm,
+            no gradients, no weight change: EagleEye's adaptive BN); 0 turns it off.
+
+    Right after removal (``pruned``) and after the recalibration (``bn_recalibrated``) the test
+    accuracy is measured on the same k-way task as the benchmark; these stages travel with
+    checkpoints into ``benchmark.json``'s ``accuracy_stages``.
+
+    When ``capl test``/``capl fit`` is given a ``--ckpt_path`` whose checkpoint already carries a
+    pruning plan, that plan is used (the module replays it while loading): no selection runs.
     """
 
     def __init__(
@@ -75,6 +92,7 @@ class PruningCallback(Callback):
         layer_ratios: dict[str, float] | None = None,
         cut_head: bool = True,
         score_cache: str | None = None,
+        bn_recalibration: int = 0,
     ) -> None:
         super().__init__()
         if not isinstance(criterion, Criterion):
@@ -94,11 +112,20 @@ class PruningCallback(Callback):
             layer_ratios=layer_ratios,
         )
         self.cut_head = cut_head
+        if isinstance(bn_recalibration, bool) or not isinstance(bn_recalibration, int):
+            raise ConfigError(f"bn_recalibration must be an integer, got {bn_recalibration!r}")
+        if bn_recalibration < 0:
+            raise ConfigError(
+                f"bn_recalibration must be >= 0 (batches; 0 = off), got {bn_recalibration}"
+            )
+        self.bn_recalibration = bn_recalibration
         self.score_cache = score_cache
         self.scores_from_cache = False
         self.base_network: nn.Module | None = None
         self.base_head_classes: list[int] | None = None
         self.plan: dict[str, Any] | None = None
+        # set by the capl CLI: the --ckpt_path Lightning restores only after setup
+        self.checkpoint_path: str | None = None
         self._fit_started: float | None = None
         self._retrained_before = 0.0
 
@@ -114,6 +141,16 @@ class PruningCallback(Callback):
         if datamodule is None or not hasattr(datamodule, "calibration_dataloader"):
             raise ConfigError("PruningCallback needs a capl ClassSubsetDataModule (data: ...)")
         pl_module.setup(stage)  # builds the network and the k-way task if not yet done
+        ckpt_path = self.checkpoint_path or trainer.ckpt_path
+        saved_plan = _checkpoint_plan(ckpt_path)
+        if saved_plan is not None:
+            self.plan = saved_plan
+            rank_zero_info(
+                f"capl: {ckpt_path} carries its pruning plan "
+                f"({(saved_plan.get('criterion') or {}).get('name')}, ratio "
+                f"{(saved_plan.get('config') or {}).get('ratio')}): using it, no new selection"
+            )
+            return
         network = pl_module.network
         assert network is not None and pl_module.rows is not None
         self.base_network = copy.deepcopy(network).cpu()
@@ -141,10 +178,11 @@ class PruningCallback(Callback):
             ).to_dict()
         plan = trainer.strategy.broadcast(plan, src=0)
         pl_module.apply_pruning_plan(plan)
-        network = pl_module.network
-        assert network is not None
-        network.cpu()
         removal = time.perf_counter() - start
+        pl_module.configure_task(datamodule.class_indices, datamodule.class_names)
+        stages = self._after_removal(pl_module, datamodule)
+        assert pl_module.network is not None
+        pl_module.network.cpu()
 
         self.plan = plan
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
@@ -156,7 +194,7 @@ class PruningCallback(Callback):
         pl_module.base_weights = (
             str(Path(source).resolve()) if source and Path(source).is_file() else source
         )
-        pl_module.configure_task(datamodule.class_indices, datamodule.class_names)
+        pl_module.accuracy_stages = stages
         report = plan.get("report", {})
         removed = ", ".join(
             f"{key} {report.get(key + '_removed_fraction', 0.0):.1%}"
@@ -166,6 +204,24 @@ class PruningCallback(Callback):
             f"capl: pruned with {type(self.criterion).__name__} ({self.config}): removed "
             f"{removed}; selection {selection:.2f}s, removal {removal:.2f}s"
         )
+
+    def _after_removal(self, module: ImageClassifier, datamodule: Any) -> dict[str, Any]:
+        """Accuracy right after removal, BatchNorm recalibration, accuracy after it."""
+        network = module.network
+        assert network is not None and module.rows is not None
+
+        def evaluate() -> dict[str, Any]:
+            loader = datamodule.test_dataloader()
+            return evaluate_subset(network, loader, module.rows, datamodule.class_names)
+
+        stages: dict[str, Any] = {"pruned": evaluate()}
+        if self.bn_recalibration:
+            used = recalibrate_batchnorm(
+                network, datamodule.train_dataloader(), self.bn_recalibration
+            )
+            stages["bn_recalibrated"] = {**evaluate(), "batches": used}
+            rank_zero_info(f"capl: BatchNorm statistics re-estimated on {used} training batches")
+        return stages
 
     def _select(
         self, trainer: Trainer, network: nn.Module, datamodule: Any, rows: list[int]
@@ -227,7 +283,8 @@ class PruningCallback(Callback):
             return
         elapsed = time.perf_counter() - self._fit_started
         pl_module.pruning_timings["retraining"] = self._retrained_before + elapsed
-        pl_module.retrain_epochs = trainer.current_epoch + (0 if trainer.fit_loop.done else 1)
+        # epochs begun: a checkpoint written in epoch e's validation has trained e + 1 epochs
+        pl_module.retrain_epochs = trainer.fit_loop.epoch_progress.current.started
 
     @override
     def on_save_checkpoint(
@@ -244,3 +301,15 @@ class PruningCallback(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         assert isinstance(pl_module, ImageClassifier) and pl_module.network is not None
         make_masks_permanent(pl_module.network)
+
+
+def _checkpoint_plan(ckpt_path: str | None) -> dict[str, Any] | None:
+    """The pruning plan a capl checkpoint carries, or ``None`` (no checkpoint, no plan)."""
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return None
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not loadable safely: Lightning's restore reports it
+        return None
+    saved = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
+    return saved.get("pruning_plan") if isinstance(saved, dict) else None

@@ -68,3 +68,26 @@ def accuracy_from_confusion(counts: Tensor) -> dict[str, float | list[float]]:
         "accuracy_per_class": per_class,
         "samples": total,
     }
+
+
+def evaluate_subset(
+    network: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    rows: Sequence[int],
+    class_names: Sequence[str],
+) -> dict[str, float | int | dict[str, float]]:
+    """Accuracy of ``network`` on the k-way task: overall, macro, per class (by name), samples.
+
+    Args:
+        network: The network (any mode; evaluated in eval mode, mode restored).
+        batches: ``(images, subset labels)`` batches.
+        rows: Logit row of each subset label (:func:`target_rows`).
+        class_names: Name of each subset label, for the per-class mapping.
+    """
+    acc = accuracy_from_confusion(confusion_matrix(network, batches, rows))
+    return {
+        "accuracy": acc["accuracy"],
+        "accuracy_macro": acc["accuracy_macro"],
+        "accuracy_per_class": dict(zip(class_names, acc["accuracy_per_class"])),
+        "test_samples": acc["samples"],
+    }

@@ -37,6 +37,10 @@ class ImageClassifier(LightningModule):
             DataModule's selected classes when ``num_classes`` is also ``None``.
         small_input: Small-image stem (3x3 stride-1 first conv, no max-pool for ResNets).
         weights: ``None``, a torchvision weights name, or a local state_dict/checkpoint path.
+        trust_weights: The weights file (and a ``--ckpt_path`` checkpoint) comes from a trusted
+            source and may be fully unpickled, which can run code. By default only tensors and
+            plain values are read, and a file that needs more is refused. Never saved in
+            checkpoints: each run decides for itself.
         optimizer: Optimizer factory (YAML: ``class_path``/``init_args``).
         lr_scheduler: Optional LR scheduler factory.
         label_smoothing: Cross-entropy label smoothing.
@@ -49,6 +53,7 @@ class ImageClassifier(LightningModule):
         head_classes: list[int] | None = None,
         small_input: bool = False,
         weights: str | None = None,
+        trust_weights: bool = False,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
@@ -65,7 +70,8 @@ class ImageClassifier(LightningModule):
             head_classes = list(range(num_classes))
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "trust_weights"])
+        self.trust_weights = trust_weights
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.head_classes: list[int] | None = head_classes
@@ -75,6 +81,10 @@ class ImageClassifier(LightningModule):
         self.base_weights: str | None = None
         self.pruning_timings: dict[str, float] = {}
         self.retrain_epochs = 0
+        # epochs trained when the checkpoint under test was written (None: not from a checkpoint)
+        self.checkpoint_epochs: int | None = None
+        # accuracy right after removal / after BatchNorm recalibration (the PruningCallback's)
+        self.accuracy_stages: dict[str, Any] = {}
         self.rows: list[int] | None = None
         self.class_names: list[str] | None = None
         self.network: nn.Module | None = None
@@ -83,7 +93,9 @@ class ImageClassifier(LightningModule):
 
     def _build(self, num_classes: int) -> None:
         hp = self.hparams
-        self.network = build_network(hp.network, num_classes, hp.small_input, hp.weights)
+        self.network = build_network(
+            hp.network, num_classes, hp.small_input, hp.weights, self.trust_weights
+        )
         # the weights now live in this module's state: checkpoints must not depend on the file
         self.hparams.update(num_classes=num_classes, head_classes=self.head_classes, weights=None)
 
@@ -228,6 +240,7 @@ class ImageClassifier(LightningModule):
             "base_weights": self.base_weights,
             "timings_s": self.pruning_timings,
             "retrain_epochs": self.retrain_epochs,
+            "accuracy_stages": self.accuracy_stages,
         }
 
     @override
@@ -242,7 +255,12 @@ class ImageClassifier(LightningModule):
             )
         self.base_weights = saved.get("base_weights")
         self.pruning_timings = dict(saved.get("timings_s") or {})
-        self.retrain_epochs = int(saved.get("retrain_epochs") or 0)
+        saved_epochs = int(saved.get("retrain_epochs") or 0)
+        self.checkpoint_epochs = saved_epochs
+        # in the process that trained, the fit's own count (the whole run) outlives the best
+        # checkpoint's (the epochs done when it was written)
+        self.retrain_epochs = max(self.retrain_epochs, saved_epochs)
+        self.accuracy_stages = dict(saved.get("accuracy_stages") or self.accuracy_stages)
         plan = saved.get("pruning_plan")
         if plan is not None and plan != self.pruning_plan:
             # rebuild the architecture the plan was made on, then replay it

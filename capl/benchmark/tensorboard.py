@@ -69,6 +69,11 @@ def benchmark_scalars(result: Mapping[str, Any], prefix: str = "benchmark") -> d
         for backend, per_batch in (realised.get(group) or {}).items():
             for batch, value in per_batch.items():
                 put(f"realised/{group}/{backend}/{batch}", value)
+    for stage, entry in (result.get("accuracy_stages") or {}).items():
+        put(
+            f"accuracy_stages/{stage}",
+            entry.get("accuracy") if isinstance(entry, Mapping) else entry,
+        )
     return out
 
 

@@ -20,6 +20,7 @@ from capl.pruning.plan import (
     plan_mask,
     prunable_layers,
 )
+from capl.pruning.recalibrate import batchnorm_layers, recalibrate_batchnorm
 from capl.pruning.report import conv_linear_macs, nonzero_parameters, pruning_report
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "PruningPlan",
     "apply_plan",
     "auto_round_to",
+    "batchnorm_layers",
     "class_subset_head",
     "conv_linear_macs",
     "fingerprint",
@@ -36,4 +38,5 @@ __all__ = [
     "plan_mask",
     "prunable_layers",
     "pruning_report",
+    "recalibrate_batchnorm",
 ]

@@ -9,6 +9,8 @@ A sweep file has these sections (only ``base``, ``data`` and ``grid`` are requir
       num_classes: 10                # head rows of the base model
       checkpoint: null               # a state_dict / Lightning checkpoint path or a torchvision
                                      # weights name (IMAGENET1K_V1); null -> train it (below)
+      trust_weights: false           # true: the checkpoint may be fully unpickled (can run
+                                     # code; only for files from a trusted source)
       train:                         # used only without checkpoint; cached in OUTPUT/base/<hash>
         max_epochs: 5
         seed: 0
@@ -21,8 +23,8 @@ A sweep file has these sections (only ``base``, ``data`` and ``grid`` are requir
       init_args: {batch_size: 64, calibration_samples_per_class: 16}
     grid:
       criteria:                      # short names or class_path/init_args (+ optional name,
-        - OCAP                       #   ratios, scopes, targets overriding the grid's lists)
-        - {class_path: LRP, init_args: {composite: auto}, ratios: [0.3, 0.5]}
+        - OCAP                       #   ratios, scopes, targets, seeds overriding the grid lists)
+        - {class_path: LRP, init_args: {rules: auto}, ratios: [0.3, 0.5]}
       ratios: [0.3, 0.5, 0.7]
       scopes: [global]               # layer and/or global
       targets: [macs]                # null, macs and/or params
@@ -110,6 +112,7 @@ class BaseSpec:
     num_classes: int | None = None
     checkpoint: str | None = None
     train: TrainSpec | None = None
+    trust_weights: bool = False
 
 
 @dataclass
@@ -122,6 +125,7 @@ class CriterionSpec:
     ratios: list[float] | None = None
     scopes: list[str] | None = None
     targets: list[str | None] | None = None
+    seeds: list[int] | None = None
 
     @property
     def class_name(self) -> str:
@@ -156,6 +160,7 @@ class PruningSpec:
     round_to: int | str | None = "auto"
     min_channels: int = 1
     cut_head: bool = True
+    bn_recalibration: int = 0
 
 
 @dataclass
@@ -180,6 +185,8 @@ class BenchmarkSpec:
     ort_threads: int | None = None
     device: str | None = None
     exporter: str = "auto"
+    rounds: int = 4
+    input_size: list[int] | None = None
 
 
 @dataclass
@@ -200,6 +207,7 @@ class SweepConfig:
         settings = asdict(self)
         for key in ("grid", "name"):
             settings.pop(key)
+        settings["base"].pop("trust_weights")  # how a file is read, not what is run
         return stable_hash(settings)
 
 
@@ -341,7 +349,7 @@ def _criterion(where: str, value: Any) -> CriterionSpec:
     data = _check_keys(
         where,
         value,
-        ("class_path", "init_args", "name", "ratios", "scopes", "targets"),
+        ("class_path", "init_args", "name", "ratios", "scopes", "targets", "seeds"),
         ("class_path",),
     )
     path = data["class_path"]
@@ -372,6 +380,9 @@ def _criterion(where: str, value: Any) -> CriterionSpec:
         ratios=_ratios(f"{where}.ratios", data["ratios"]) if "ratios" in data else None,
         scopes=_scopes(f"{where}.scopes", data["scopes"]) if "scopes" in data else None,
         targets=_targets(f"{where}.targets", data["targets"]) if "targets" in data else None,
+        seeds=[_int(f"{where}.seeds", s) for s in _list(f"{where}.seeds", data["seeds"])]
+        if "seeds" in data
+        else None,
     )
 
 
@@ -410,9 +421,12 @@ def _base(value: Any) -> BaseSpec:
     data = _check_keys(
         "base",
         value,
-        ("network", "small_input", "num_classes", "checkpoint", "train"),
+        ("network", "small_input", "num_classes", "checkpoint", "train", "trust_weights"),
         ("network",),
     )
+    trust = data.get("trust_weights", False)
+    if not isinstance(trust, bool):
+        raise ConfigError(f"base.trust_weights must be true or false, got {trust!r}")
     if data["network"] not in SUPPORTED_NETWORKS:
         raise ConfigError(
             f"base.network: unknown network {data['network']!r}: choose one of "
@@ -447,6 +461,7 @@ def _base(value: Any) -> BaseSpec:
         num_classes=num_classes,
         checkpoint=checkpoint,
         train=train,
+        trust_weights=trust,
     )
 
 
@@ -489,7 +504,9 @@ def _grid(value: Any, default_classes: Any) -> GridSpec:
 
 def _pruning(value: Any) -> PruningSpec:
     data = _check_keys(
-        "pruning", value or {}, ("ignore", "skip_first", "round_to", "min_channels", "cut_head")
+        "pruning",
+        value or {},
+        ("ignore", "skip_first", "round_to", "min_channels", "cut_head", "bn_recalibration"),
     )
     ignore = data.get("ignore") or []
     if not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore):
@@ -501,6 +518,7 @@ def _pruning(value: Any) -> PruningSpec:
         round_to=round_to if round_to in (None, "auto") else _int("pruning.round_to", round_to, 1),
         min_channels=_int("pruning.min_channels", data.get("min_channels", 1), 0),
         cut_head=bool(data.get("cut_head", True)),
+        bn_recalibration=_int("pruning.bn_recalibration", data.get("bn_recalibration", 0), 0),
     )
 
 
@@ -541,6 +559,14 @@ def _benchmark(value: Any) -> BenchmarkSpec:
         raise ConfigError(f"benchmark.min_time_s must be a number >= 0, got {spec.min_time_s!r}")
     if spec.ort_threads is not None:
         _int("benchmark.ort_threads", spec.ort_threads, 1)
+    _int("benchmark.rounds", spec.rounds, 1)
+    if spec.input_size is not None:
+        spec.input_size = [
+            _int("benchmark.input_size", v, 1)
+            for v in _list("benchmark.input_size", spec.input_size)
+        ]
+        if len(spec.input_size) != 3:
+            raise ConfigError(f"benchmark.input_size must be [C, H, W], got {spec.input_size}")
     if spec.exporter not in ("auto", "dynamo", "torchscript"):
         raise ConfigError(
             f"benchmark.exporter: unknown {spec.exporter!r}: use auto, dynamo or torchscript"
@@ -660,7 +686,7 @@ def expand_grid(config: SweepConfig) -> tuple[list[Point], list[Skipped]]:
         data_free = _data_free_deterministic(spec)
         combos = itertools.product(
             grid.classes,
-            grid.seeds,
+            spec.seeds or grid.seeds,
             grid.retrain_epochs,
             spec.scopes or grid.scopes,
             spec.targets or grid.targets,
