@@ -371,6 +371,22 @@ def test_same_inputs_same_plan() -> None:
         assert json.dumps(plans[0].to_dict()) == json.dumps(plans[1].to_dict())
 
 
+def test_plan_runs_on_one_thread_and_restores_the_setting() -> None:
+    model, criterion = _net("resnet18"), _TestL1()
+    scores, config = _scores(criterion, model), PruningConfig(0.4, scope="global", target="macs")
+    seen: list[int] = []
+    handle = model.conv1.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    torch.set_num_threads(2)
+    try:
+        plan = make_plan(model, criterion, scores, config, _x())
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+        handle.remove()
+    assert seen and set(seen) == {1}
+    assert plan.to_dict() == make_plan(model, criterion, scores, config, _x()).to_dict()
+
+
 def test_scores_reused_across_ratios() -> None:
     model = _net("vgg16_bn")
     criterion = _TestL1()

@@ -26,6 +26,7 @@ from torch.nn.utils import prune
 from capl.benchmark import masked_tensors
 from capl.errors import ConfigError
 from capl.models import cut_head, find_classifier
+from capl.pruning._threads import single_threaded
 from capl.pruning.config import PruningConfig
 from capl.pruning.report import pruning_report
 from capl.pruning.structure import OUT, ChannelGroup, Structure, analyse, out_channel_fn, trace
@@ -151,6 +152,7 @@ def prunable_layers(model: nn.Module, granularity: str = "filter") -> dict[str, 
 # planning
 
 
+@single_threaded
 def make_plan(
     model: nn.Module,
     criterion: Criterion,
@@ -234,7 +236,7 @@ def make_plan(
     estimate = problem.reduction(counts)
     pruned = copy.deepcopy(model)
     apply_plan(pruned, plan, example_input[:1])
-    plan.report = pruning_report(model, pruned, example_input[:1])
+    plan.report = pruning_report(model, pruned, example_input[:1], structure.layers)
     plan.report["selection"] = {
         "requested_ratio": config.ratio,
         "target": config.target,
@@ -703,6 +705,7 @@ def plan_mask(plan: PruningPlan, layer: str) -> Tensor:
 # applying
 
 
+@single_threaded
 def apply_plan(
     model: nn.Module, plan: PruningPlan, example_input: Tensor | None = None
 ) -> nn.Module:
