@@ -429,3 +429,23 @@ def test_ctrl_c_inside_lightning_stops_the_sweep(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(KeyboardInterrupt):
         runner_mod._capl(["test"])
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_set_overrides_change_the_grid_and_reject_bad_items(tmp_path: Path, capsys) -> None:
+    from capl.sweep.cli import sweep_main
+    from capl.sweep.grid import apply_overrides
+
+    raw = {"grid": {"ratios": [0.3, 0.5]}, "data": {"init_args": {}}}
+    out = apply_overrides(raw, ["grid.ratios=[0.7]", "data.init_args.samples_per_class=30"])
+    assert out["grid"]["ratios"] == [0.7]
+    assert out["data"]["init_args"]["samples_per_class"] == 30
+    assert raw["grid"]["ratios"] == [0.3, 0.5]  # the parsed file is left alone
+    config = ROOT / "configs" / "experiments" / "fashion_similar_distinct.yaml"
+    args = ["--config", str(config), "--output", str(tmp_path / "o"), "--dry-run"]
+    assert sweep_main([*args, "--set", "grid.ratios=[0.5]", "--set", "grid.seeds=[0]"]) == 0
+    listing = capsys.readouterr().out
+    assert listing.startswith("16 points")  # 8 criteria x 1 ratio x 2 subsets x 1 seed
+    with pytest.raises(SystemExit) as info:
+        sweep_main([*args, "--set", "grid.ratios"])
+    assert info.value.code == 2
+    assert "write KEY=VALUE" in capsys.readouterr().err

@@ -31,6 +31,14 @@ def _fail(prog: str, err: BaseException) -> NoReturn:
     raise SystemExit(2) from None
 
 
+def _interrupted(prog: str, interrupt: KeyboardInterrupt) -> NoReturn:
+    """Ctrl-C or SIGTERM: one line instead of a traceback; exit 130 / 143 as a shell would."""
+    from capl.sweep.signals import INTERRUPTED_MESSAGE, exit_code
+
+    sys.stderr.write(f"{prog}: {INTERRUPTED_MESSAGE}\n")
+    raise SystemExit(exit_code(interrupt)) from None
+
+
 def sweep_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``capl-sweep --config FILE --output DIR [--index N | --merge] [--dry-run]``.
 
@@ -71,6 +79,13 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list the points and exit")
     parser.add_argument("--force", action="store_true", help="rerun finished points too")
     parser.add_argument("--no-plots", action="store_true", help="write report.md without plots")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config entry, e.g. --set grid.seeds=[0] (YAML value; repeatable)",
+    )
     args = parser.parse_args(None if argv is None else list(argv))
 
     from capl.sweep.grid import expand_grid, load_sweep_config
@@ -82,7 +97,7 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         if task is not None and task.strip().isdigit():
             index = int(task)
     try:
-        config = load_sweep_config(args.config)
+        config = load_sweep_config(args.config, args.set)
         if args.dry_run:
             points, skipped = expand_grid(config)
             output = args.output if args.output.is_dir() else None
@@ -100,6 +115,8 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         )
     except ConfigError as err:
         _fail("capl-sweep", err)
+    except KeyboardInterrupt as interrupt:  # SIGTERM too (capl.sweep.signals)
+        _interrupted("capl-sweep", interrupt)
     if args.base_only:
         sys.stdout.write(f"capl-sweep: base model ready ({run.base_seconds:.1f}s)\n")
         return 0
@@ -145,6 +162,8 @@ def sensitivity_main(argv: Sequence[str] | None = None) -> int:
         result = run_sensitivity(config, args.output)
     except ConfigError as err:
         _fail("capl-sensitivity", err)
+    except KeyboardInterrupt as interrupt:
+        _interrupted("capl-sensitivity", interrupt)
     sys.stdout.write(
         f"capl-sensitivity: {len(result.layers)} layers x {len(config.ratios)} ratios, base "
         f"accuracy {result.base_accuracy:.4f}; wrote sensitivity.csv, sensitivity.png, "

@@ -46,6 +46,7 @@ Every problem is reported as a one-line :class:`~capl.errors.ConfigError` naming
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import itertools
@@ -363,12 +364,11 @@ def _criterion(where: str, value: Any) -> CriterionSpec:
                 f"{where}: unknown criterion {path!r}: choose one of {', '.join(sorted(registry))}"
             )
         path = f"capl.strategies.{by_lower[short.lower()]}"
-    else:
-        module, _, name = path.rpartition(".")
-        try:
-            getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            raise ConfigError(f"{where}: cannot import criterion {path!r}") from None
+    else:  # only a Criterion subclass may be built from a config (never subprocess.run)
+        from capl.strategies import Criterion
+        from capl.sweep.preflight import import_class
+
+        import_class(path, Criterion, where)
     init_args = _mapping(f"{where}.init_args", data.get("init_args"))
     label = data.get("name") or path.rsplit(".", 1)[-1].lower()
     if not isinstance(label, str) or not label.replace("_", "").replace(".", "").isalnum():
@@ -412,6 +412,11 @@ def _data(value: Any) -> dict[str, Any]:
         if not hasattr(capl.datamodules, path):
             raise ConfigError(f"data.class_path: unknown DataModule {path!r} in capl.datamodules")
         path = f"capl.datamodules.{path}"
+    else:
+        from capl.datamodules import ClassSubsetDataModule
+        from capl.sweep.preflight import import_class
+
+        import_class(path, ClassSubsetDataModule, "data.class_path")
     return {"class_path": path, "init_args": _mapping("data.init_args", data.get("init_args"))}
 
 
@@ -603,8 +608,38 @@ def parse_sweep_config(raw: Any) -> SweepConfig:
     )
 
 
-def load_sweep_config(path: str | Path) -> SweepConfig:
-    """Read and validate a sweep YAML file.
+def apply_overrides(raw: Any, overrides: Sequence[str]) -> Any:
+    """Set ``dotted.key=YAML value`` overrides in a parsed sweep config (``--set``).
+
+    ``grid.ratios=[0.5]`` replaces the list; ``data.init_args.samples_per_class=300`` sets a
+    nested key (creating missing mappings). Values are parsed as YAML.
+
+    Raises:
+        ConfigError: An override without ``=``, or a key path through a non-mapping.
+    """
+    raw = copy.deepcopy(raw) if raw is not None else {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. --set grid.seeds=[0]")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not inside a mapping")
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item!r}: {parts[-2]!r} is not a mapping")
+        node[parts[-1]] = value
+    return raw
+
+
+def load_sweep_config(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
+    """Read and validate a sweep YAML file, with optional ``--set`` overrides.
 
     Raises:
         ConfigError: Missing file, invalid YAML or invalid settings (one line).
@@ -617,6 +652,8 @@ def load_sweep_config(path: str | Path) -> SweepConfig:
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(f"{path}: invalid YAML: {first}") from None
+    if overrides:
+        raw = apply_overrides(raw, overrides)
     try:
         return parse_sweep_config(raw)
     except ConfigError as err:
