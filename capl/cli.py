@@ -16,6 +16,7 @@ import capl.datamodules
 from capl.datamodules import ClassSubsetDataModule
 from capl.errors import find_config_error
 from capl.module import ImageClassifier
+from capl.run_dir import pin_run_folder
 
 __all__ = ["CaplCLI", "console_main", "main"]
 _REGISTERED = (capl.callbacks, capl.datamodules)  # imported for their subclasses' short names
@@ -23,6 +24,11 @@ _REGISTERED = (capl.callbacks, capl.datamodules)  # imported for their subclasse
 
 class CaplCLI(LightningCLI):
     """LightningCLI with capl's defaults: seed 0 and any DataModule subclass."""
+
+    def before_instantiate_classes(self) -> None:
+        """Stable run folders: SLURM job versions, requeue checkpoints in the run folder."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        pin_run_folder(config, self.subcommand)
 
 
 def main(args: Sequence[str] | None = None) -> CaplCLI | None:
