@@ -327,6 +327,27 @@ def test_lrp_composite_restores_model(arch: str) -> None:
         assert "forward" not in vars(m) and not hasattr(m, "canonizer_sum")
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "plain", "mobilenet_v3_large"])
+def test_lrp_fast_rules_equal_zennit_reference(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from zennit.rules import AlphaBeta, ZPlus
+
+    from capl.strategies import lrp as lrp_module
+
+    torch.manual_seed(3)
+    net = _PlainNet() if arch == "plain" else copy.deepcopy(_network(arch))
+    layers = all_convs(net)
+    x, y = _data(4)
+    fast = LRP().collect(net, [(x, y)], layers, ROWS)
+    # zennit's own rules: AlphaBeta(1, 0) with its beta terms, two-term ZPlus
+    monkeypatch.setattr(lrp_module, "_ZPlus", ZPlus)
+    monkeypatch.setattr(lrp_module, "_alpha_beta", lambda alpha, beta: AlphaBeta(alpha, beta))
+    reference = LRP().collect(net, [(x, y)], layers, ROWS)
+    assert fast.keys() == reference.keys()
+    for key in reference:
+        assert torch.equal(fast[key], reference[key]), key
+    assert any(bool(v.abs().sum() > 0) for k, v in fast.items() if k != "images")
+
+
 def test_lrp_composite_relevance_mostly_conserved() -> None:
     net = copy.deepcopy(_network("resnet18")).eval()
     for m in net.modules():
@@ -377,6 +398,73 @@ def test_static_and_runtime_batchnorm_pairing_agree(arch: str) -> None:
             h.remove()
         net.train()
     assert runtime == set(pairs)
+
+
+def _norms(name: str, site: Tensor) -> Tensor:
+    return site.flatten(2).norm(dim=2)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vgg16", "mobilenet_v3_large", "efficientnet_b0"])
+def test_reduce_in_hooks_equals_recorded_sites(arch: str) -> None:
+    net = _network(arch).eval()
+    convs = all_convs(net)
+    x, _ = _data(3)
+    with ActivationSites(net, convs) as rec, torch.inference_mode():
+        net(x)
+        expected = {n: _norms(n, site) for n, site in rec.sites.items()}
+    outputs: dict[str, Tensor] = {}
+    bn_inputs: dict[int, Tensor] = {}
+    hooks = [c.register_forward_hook(lambda m, i, o, n=n: outputs.setdefault(n, o))
+             for n, c in convs.items()]  # fmt: skip
+    hooks += [bn.register_forward_pre_hook(lambda m, i: bn_inputs.setdefault(id(m), i[0]))
+              for bn in net.modules() if isinstance(bn, nn.BatchNorm2d)]  # fmt: skip
+    try:
+        with ActivationSites(net, convs, reduce=_norms) as rec, torch.inference_mode():
+            rec.run(x)  # first run learns the wiring on one image
+            outputs.clear()
+            bn_inputs.clear()
+            got = rec.run(x)
+            assert not rec._recording_only and not rec._keep
+            wiring = dict(rec._wiring or {})
+    finally:
+        for h in hooks:
+            h.remove()
+        net.train()
+    assert got.keys() == expected.keys() == set(convs)
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+    # nothing was cloned: each BatchNorm read its conv's own output tensor
+    assert bool(wiring) == any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    for name, bn in wiring.items():
+        assert bn_inputs[bn] is outputs[name], name
+
+
+class _BatchDependent(nn.Module):
+    """conv -> BN for a single image, the bare conv output otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)
+        return self.bn(y) if x.shape[0] == 1 else torch.relu_(y)
+
+
+def test_reduce_falls_back_to_recording_when_the_wiring_changes() -> None:
+    torch.manual_seed(0)
+    net = _BatchDependent().eval()
+    with torch.no_grad():
+        net.bn.bias.fill_(5.0)  # the BN output differs clearly from the conv output
+    x, _ = _data(2)
+    with ActivationSites(net, {"conv": net.conv}, reduce=_norms) as rec, torch.inference_mode():
+        got = rec.run(x)
+        assert rec._recording_only
+        again = rec.run(x)
+    with torch.inference_mode():
+        expected = net.conv(x).flatten(2).norm(dim=2)  # the site before the in-place ReLU
+    assert torch.equal(got["conv"], expected) and torch.equal(again["conv"], expected)
 
 
 def test_random_seeded_and_independent_of_global_rng() -> None:

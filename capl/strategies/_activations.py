@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -70,39 +71,109 @@ def new_stat(shape: tuple[int, ...] | int, device: torch.device, dtype: torch.dt
     return torch.zeros(shape, device=device, dtype=dtype)
 
 
+Reducer = Callable[[str, Tensor], Any]
+
+
 class ActivationSites:
     """Context manager recording each scored conv's activation site on every forward pass.
 
-    After a forward, :attr:`sites` maps conv name -> site tensor ``[B, C, H, W]``. The hooks hand a
-    *clone* downstream, so in-place activations (``ReLU(inplace=True)``) cannot overwrite the
-    recorded tensor, and with autograd enabled the recorded tensor stays the exact graph node whose
-    gradient is dL/d(site). All hooks are removed on exit, also when the body raised.
+    Two ways to use it:
+
+    - :attr:`sites` (gradient criteria): after a forward, conv name -> site tensor
+      ``[B, C, H, W]``. The hooks hand a *clone* downstream, so in-place activations
+      (``ReLU(inplace=True)``) cannot overwrite the recorded tensor, and with autograd enabled
+      the recorded tensor stays the exact graph node whose gradient is dL/d(site).
+    - :meth:`run` with ``reduce`` (forward-only criteria): ``reduce(name, site)`` runs inside the
+      hooks, as soon as a site is final (right after the conv, or right after the BatchNorm that
+      consumes the conv's output, before any in-place activation can touch it), and only its
+      small result is kept: no clone, no activation kept alive. Which conv feeds which
+      BatchNorm is learned once, on the first image in the recording mode above (so the rule is
+      the same run-time identity rule), and checked on every batch: a held conv output that does
+      not reach its BatchNorm sends that batch, and all later ones, through the recording mode.
+
+    All hooks are removed on exit, also when the body raised.
 
     Args:
         model: The network.
         convs: Convs to record, by name.
         follow_bn: Use the output of a directly following BatchNorm2d as the site; ``False`` records
             the conv output itself (LRP, where BNs are folded into the convs).
+        reduce: ``(conv name, site) -> statistic`` for :meth:`run`.
     """
 
     def __init__(
-        self, model: nn.Module, convs: Mapping[str, nn.Conv2d], follow_bn: bool = True
+        self,
+        model: nn.Module,
+        convs: Mapping[str, nn.Conv2d],
+        follow_bn: bool = True,
+        reduce: Reducer | None = None,
     ) -> None:
         self.model = model
         self.convs = dict(convs)
         self.follow_bn = follow_bn
+        self.reduce = reduce
         self.sites: dict[str, Tensor] = {}
+        self.results: dict[str, Any] = {}
         self._conv_by_id: dict[int, str] = {}
         self._pending: dict[int, str] = {}
         self._keep: list[Tensor] = []
         self._handles: list[RemovableHandle] = []
+        self._fast = False
+        self._recording_only = False
+        self._wiring: dict[str, int] | None = None  # conv name -> id of the BN it feeds
+        self._conv_of_bn: dict[int, str] = {}
+        self._sited_bns: dict[int, str] = {}
+        self._held: dict[str, Tensor] = {}
+        self._broken = False
 
     def reset(self) -> None:
         """Forget the tensors of the previous forward pass."""
         self.sites.clear()
+        self.results.clear()
         self._conv_by_id.clear()
         self._pending.clear()
         self._keep.clear()
+        self._held.clear()
+        self._sited_bns.clear()
+        self._broken = False
+
+    def run(self, images: Tensor) -> dict[str, Any]:
+        """One forward of ``images``; returns ``reduce(name, site)`` per recorded conv.
+
+        Raises:
+            ValueError: No ``reduce`` function was given.
+        """
+        if self.reduce is None:
+            raise ValueError("ActivationSites.run needs a reduce function")
+        if self._wiring is None and not self._recording_only:
+            self._learn(images[:1])
+        if not self._recording_only:
+            self.reset()
+            self._fast = True
+            try:
+                self.model(images)
+            finally:
+                self._fast = False
+            if not self._broken and not self._held:
+                results = dict(self.results)
+                self.reset()
+                return results
+            # a conv output missed the BatchNorm it fed on the first image: the forward depends
+            # on the data, so record (and redo this batch) from now on
+            self._recording_only = True
+        self.reset()
+        self.model(images)
+        results = {name: self.reduce(name, site) for name, site in self.sites.items()}
+        self.reset()
+        return results
+
+    def _learn(self, image: Tensor) -> None:
+        """Which conv's output feeds which BatchNorm, from one forward in recording mode."""
+        self.reset()
+        self.model(image)
+        self._wiring = {name: bn for bn, name in self._sited_bns.items()}
+        self._conv_of_bn = dict(self._sited_bns)
+        self.reset()
 
     def __enter__(self) -> ActivationSites:
         try:
@@ -136,7 +207,13 @@ class ActivationSites:
         self.reset()
 
     def _conv_hook(self, name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]:
-        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
+            if self._fast:
+                if name in self._wiring:  # type: ignore[operator]
+                    self._held[name] = output  # its BatchNorm's output is the site
+                else:
+                    self.results[name] = self.reduce(name, output)  # type: ignore[misc]
+                return None
             self.sites[name] = output
             passed = output.clone()
             self._keep.append(passed)  # keeps the id unique while this forward runs
@@ -146,6 +223,15 @@ class ActivationSites:
         return hook
 
     def _bn_pre_hook(self, module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        if self._fast:
+            name = self._conv_of_bn.get(id(module))
+            if name is not None:
+                held = self._held.pop(name, None)
+                if held is None or not inputs or inputs[0] is not held:
+                    self._broken = True
+                else:
+                    self._pending[id(module)] = name
+            return
         name = self._conv_by_id.get(id(inputs[0])) if inputs else None
         if name is not None:
             self._pending[id(module)] = name
@@ -156,7 +242,11 @@ class ActivationSites:
         name = self._pending.pop(id(module), None)
         if name is None:
             return None
+        if self._fast:
+            self.results[name] = self.reduce(name, output)  # type: ignore[misc]
+            return None
         self.sites[name] = output
+        self._sited_bns[id(module)] = name
         return output.clone()
 
 

@@ -40,14 +40,16 @@ class APoZ(Criterion):
         for name, conv in convs.items():
             stats[f"{name}/zeros"] = new_stat(conv.out_channels, device, torch.int64)
             stats[f"{name}/elements"] = new_stat(conv.out_channels, device, torch.int64)
-        with run_in_eval(model), ActivationSites(model, convs) as rec, torch.no_grad():
+        # counted inside the forward hooks: no activation is cloned or kept
+        with (
+            run_in_eval(model),
+            ActivationSites(model, convs, reduce=_zeros) as rec,
+            torch.inference_mode(),
+        ):
             for images, _ in iter_batches(batches, device):
-                rec.reset()
-                model(images)
-                for name, site in rec.sites.items():
-                    stats[f"{name}/zeros"] += (site <= 0).sum(dim=(0, 2, 3))
-                    stats[f"{name}/elements"] += site[:, 0].numel()
-                rec.reset()
+                for name, (zeros, elements) in rec.run(images).items():
+                    stats[f"{name}/zeros"] += zeros
+                    stats[f"{name}/elements"] += elements
         return stats
 
     def score(
@@ -60,3 +62,8 @@ class APoZ(Criterion):
             elements = stats[f"{name}/elements"].to(torch.float64)
             scores[name] = torch.where(elements > 0, 1 - zeros / elements.clamp_min(1), 0.0)
         return scores
+
+
+def _zeros(name: str, site: Tensor) -> tuple[Tensor, int]:
+    """Per-channel count of ``site <= 0`` and the elements per channel."""
+    return (site <= 0).sum(dim=(0, 2, 3)), site[:, 0].numel()

@@ -12,7 +12,7 @@ from torchvision.models.mobilenetv3 import InvertedResidual
 from torchvision.ops.misc import SqueezeExcitation
 from zennit.canonizers import AttributeCanonizer, Canonizer, SequentialMergeBatchNorm
 from zennit.composites import LayerMapComposite, SpecialFirstLayerMapComposite
-from zennit.core import Composite
+from zennit.core import Composite, ParamMod
 from zennit.layer import Sum
 from zennit.rules import AlphaBeta, Epsilon, Norm, Pass, ZBox, ZPlus
 from zennit.torchvision import ResNetCanonizer
@@ -116,8 +116,8 @@ class LRP(Criterion):
                 layer_map=[
                     (Activation, Pass()),
                     (AvgPool, Norm()),
-                    (Convolution, ZPlus()),
-                    (LinearType, ZPlus()),
+                    (Convolution, _ZPlus()),
+                    (LinearType, _ZPlus()),
                 ],
                 canonizers=[_ResidualSumCanonizer(), _SqueezeExcitationCanonizer()],
             )
@@ -143,7 +143,7 @@ class LRP(Criterion):
                 (Sum, Norm()),
                 (AvgPool, Norm()),
                 (BatchNorm, Pass()),
-                (Convolution, AlphaBeta(alpha=1.0, beta=0.0)),
+                (Convolution, _alpha_beta(alpha=1.0, beta=0.0)),
                 (LinearType, Epsilon(epsilon=self.epsilon)),
             ],
             first_map=[(Convolution, ZBox(low=low, high=high))],
@@ -260,3 +260,42 @@ class _ResidualSumCanonizer(AttributeCanonizer):
 
     def copy(self) -> _ResidualSumCanonizer:
         return _ResidualSumCanonizer()
+
+
+
+class _ZPlus(ZPlus):
+    """zennit's ``ZPlus`` (= alpha1-beta0), one term when the layer's input is non-negative.
+
+    Z+ splits the input into ``x+ = max(x, 0)`` and ``x- = min(x, 0)`` and runs a modified
+    forward and gradient for each. After a ReLU (every conv but the first in a ResNet or VGG)
+    ``x-`` is zero: its output ``W- x-`` is zero, adds nothing to the denominator, and its
+    relevance ``x- * grad`` is zero, so the ``x+`` term alone gives the same values while
+    running half the convolutions. Inputs with negative entries (Hardswish, SiLU) take zennit's
+    two-term path.
+    """
+
+    def backward(self, module: nn.Module, grad_input: Any, grad_output: Any) -> Any:
+        original = self.stored_tensors["input"][0]
+        if bool((original < 0).any()):
+            return super().backward(module, grad_input, grad_output)
+        inputs = self.input_modifiers[0](original.clone()).requires_grad_()
+        with ParamMod.ensure(self.param_modifiers[0])(module) as modified, torch.enable_grad():
+            output = self.output_modifiers[0](modified.forward(inputs))
+        (upper,) = self.gradient_mapper(grad_output[0], [output])[:1]
+        (gradient,) = torch.autograd.grad(
+            output, inputs, grad_outputs=upper, create_graph=grad_output[0].requires_grad
+        )
+        relevance = inputs * gradient
+        return tuple(relevance if g.shape == relevance.shape else None for g in grad_input)
+
+
+def _alpha_beta(alpha: float, beta: float) -> AlphaBeta | ZPlus:
+    """The alpha-beta rule; Z+ (:class:`_ZPlus`) when ``alpha == 1`` and ``beta == 0``.
+
+    zennit's ``ZPlus`` is ``AlphaBeta(alpha=1, beta=0)`` term for term (same modified inputs and
+    weights, stabiliser and reducer) without the two beta terms, whose forward and gradient
+    passes ``AlphaBeta`` still runs only to multiply them by zero.
+    """
+    if beta == 0 and alpha == 1:
+        return _ZPlus()
+    return AlphaBeta(alpha=alpha, beta=beta)

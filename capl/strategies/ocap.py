@@ -64,16 +64,20 @@ class OCAP(Criterion):
             f"{n}/rank_counts": new_stat((c.out_channels, c.out_channels), device, torch.int32)
             for n, c in convs.items()
         }
-        with run_in_eval(model), ActivationSites(model, convs) as rec, torch.no_grad():
+        # per-image norms are taken inside the forward hooks: no activation is cloned or kept
+        with (
+            run_in_eval(model),
+            ActivationSites(model, convs, reduce=self._strength) as rec,
+            torch.inference_mode(),
+        ):
             for images, _ in iter_batches(batches, device):
-                rec.reset()
-                model(images)
-                for name, site in rec.sites.items():
-                    act = F.leaky_relu(site, self.negative_slope)
-                    strength = act.flatten(2).norm(dim=2)  # [B, C]
+                for name, strength in rec.run(images).items():
                     self._add_ranks(stats[f"{name}/rank_counts"], strength)
-                rec.reset()
         return stats
+
+    def _strength(self, name: str, site: Tensor) -> Tensor:
+        """Per-image channel strength ``||LeakyReLU(a)||_2`` over H x W, ``[B, C]``."""
+        return F.leaky_relu(site, self.negative_slope).flatten(2).norm(dim=2)
 
     @staticmethod
     def _add_ranks(counts: Tensor, strength: Tensor) -> None:
