@@ -262,7 +262,6 @@ class _ResidualSumCanonizer(AttributeCanonizer):
         return _ResidualSumCanonizer()
 
 
-
 class _ZPlus(ZPlus):
     """zennit's ``ZPlus`` (= alpha1-beta0), one term when the layer's input is non-negative.
 
