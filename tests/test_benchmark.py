@@ -487,6 +487,41 @@ def test_measure_interleaved_alternates_models_and_summarises_each() -> None:
     assert [r["backend"] for r in results] == ["a", "b"] and results[0]["rounds"] == 2
 
 
+def test_latency_flags_a_busy_machine() -> None:
+    import contextlib
+
+    from capl.benchmark import measure_interleaved
+
+    @contextlib.contextmanager
+    def timer(times: list[float]):
+        queue = iter(times)
+        yield (lambda: next(queue)), {}
+
+    # steady: rounds within 5 % of each other, short tail
+    calm, slow_round, tail = measure_interleaved(
+        [
+            timer([10.0, 10.2, 9.9, 10.1, 10.3, 10.0, 9.8, 10.1]),
+            timer([10.0, 10.1, 10.0, 9.9, 17.0, 16.5, 10.0, 10.1]),  # one round 65 % slower
+            timer([10.0] * 7 + [40.0]),
+        ],
+        warmup=0,
+        repeats=8,
+        min_time_s=0,
+        rounds=4,
+    )
+    assert calm["round_medians_ms"] == pytest.approx([10.1, 10.0, 10.15, 9.95])
+    assert calm["round_spread"] == pytest.approx(0.2 / 10.05) and not calm["busy"]
+    assert slow_round["round_spread"] > 0.5 and slow_round["busy"]
+    assert tail["round_spread"] == pytest.approx(1.5)  # last round's median is 25 ms
+    assert tail["p90_over_median"] == pytest.approx(1.9) and tail["busy"]
+    # a single measurement is judged on consecutive chunks
+    from capl.benchmark.latency import _summary
+
+    assert not _summary([5.0] * 12)["busy"]
+    jump = _summary([5.0] * 6 + [9.0] * 6)
+    assert len(jump["round_medians_ms"]) == 4 and jump["busy"]
+
+
 def test_profile_model_without_latency_exports_onnx_for_paired_timing(tmp_path) -> None:
     """The callback's path: profile without timing, then time both models side by side."""
     from capl.benchmark import paired_latency

@@ -426,3 +426,26 @@ def test_per_layer_keeps_network_order_through_csv(tmp_path: Path) -> None:
     (group,) = summarise(read_results_csv(tmp_path / "results.csv"))
     assert list(group["per_layer"]) == network_order
     assert group["per_layer"]["classifier.1"]["mean"] == pytest.approx(0.5)
+
+
+def test_busy_latencies_are_marked(tmp_path: Path) -> None:
+    rows = make_rows()[:5]  # base + OCAP at both ratios and seeds
+    busy = make_benchmark("OCAP", 0.3, 1)
+    busy["after"]["latency_ms"]["onnxruntime"]["bs32"]["busy"] = True
+    rows[2] = result_row("OCAP-r0.3-s1", busy, index=2)
+    for row in rows[:2] + rows[3:]:  # flags of the calm runs are false
+        row["after.latency_ms.onnxruntime.bs32.busy"] = False
+    write_results_csv(rows, tmp_path / "results.csv")
+    rows = read_results_csv(tmp_path / "results.csv")
+    summary = summarise(rows)
+    flagged = {(g["strategy"], g["ratio"]): g["busy"] for g in summary}
+    assert flagged == {
+        (None, None): [],
+        ("OCAP", 0.3): [("onnxruntime", "bs32")],
+        ("OCAP", 0.6): [],
+    }
+    text = render_report(rows)
+    group = next(g for g in summary if g["ratio"] == 0.3)
+    speed = group["metrics"]["realised.measured_speedup.onnxruntime.bs32"]
+    assert f"| {format_speedup(speed['mean'], speed['std'])}† |" in text
+    assert text.count("† |") == 1  # only that cell

@@ -2,7 +2,9 @@
 
 Timing protocol, shared by both backends: identical seeded inputs (:func:`make_input`),
 ``warmup`` untimed runs, then timed runs until *both* ``repeats`` runs and ``min_time_s``
-seconds have been collected, so the median is stable for fast and slow models alike.
+seconds have been collected, so the median is stable for fast and slow models alike. Every
+summary says whether it can be trusted: ``busy`` is set when the medians of its rounds (or of
+consecutive chunks) spread by more than 20 % or its p90 exceeds 1.5x the median.
 """
 
 from __future__ import annotations
@@ -76,16 +78,44 @@ def _torch_threads(threads: int | None) -> Iterator[int]:
             torch.set_num_threads(previous)
 
 
-def _summary(times_ms: list[float]) -> dict[str, float]:
+BUSY_ROUND_SPREAD = 0.2
+"""A latency is flagged ``busy`` when its round medians spread by more than this fraction of
+the overall median (max - min over median): the machine's load changed while it was timed."""
+BUSY_P90_OVER_MEDIAN = 1.5
+"""A latency is also flagged ``busy`` when its 90th percentile exceeds the median by this factor: a
+long tail of runs that waited for the CPU."""
+_CHUNKS = 4  # a single measurement is judged by the medians of this many consecutive chunks
+
+
+def _summary(times_ms: list[float], rounds: list[list[float]] | None = None) -> dict[str, Any]:
+    """Summary statistics plus a stability judgement (``busy``).
+
+    Args:
+        times_ms: Every timed run.
+        rounds: The same runs per alternating round; ``None`` splits ``times_ms`` into
+            consecutive chunks instead.
+    """
     arr = np.asarray(times_ms, dtype=np.float64)
+    median = float(statistics.median(times_ms))
+    p90 = float(np.percentile(arr, 90))
+    if rounds is None:
+        chunks = max(1, min(_CHUNKS, len(times_ms) // 2))
+        rounds = [list(part) for part in np.array_split(arr, chunks)]
+    round_medians = [float(statistics.median(r)) for r in rounds if len(r)]
+    spread = (max(round_medians) - min(round_medians)) / median if median > 0 else 0.0
+    tail = p90 / median if median > 0 else 1.0
     return {
-        "median_ms": float(statistics.median(times_ms)),
-        "p90_ms": float(np.percentile(arr, 90)),
+        "median_ms": median,
+        "p90_ms": p90,
         "mean_ms": float(arr.mean()),
         "std_ms": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
         "min_ms": float(arr.min()),
         "repeats": len(times_ms),
         "total_s": float(arr.sum() / 1000.0),
+        "round_medians_ms": round_medians,
+        "round_spread": spread,
+        "p90_over_median": tail,
+        "busy": bool(spread > BUSY_ROUND_SPREAD or tail > BUSY_P90_OVER_MEDIAN),
     }
 
 
@@ -216,7 +246,10 @@ def measure_latency_torch(
 
     Returns:
         ``{"median_ms", "p90_ms", "mean_ms", "std_ms", "min_ms", "repeats", "total_s",
-        "batch_size", "device", "threads", "backend": "torch"}``.
+        "round_medians_ms", "round_spread", "p90_over_median", "busy", "batch_size", "device",
+        "threads", "backend": "torch"}``; ``busy`` flags a measurement whose chunk medians or
+        tail show that the machine's load changed (:data:`BUSY_ROUND_SPREAD`,
+        :data:`BUSY_P90_OVER_MEDIAN`).
     """
     _check_protocol(warmup, repeats, min_time_s)
     with torch_timer(model, input_shape, batch_size, device, seed, threads) as (step, info):
@@ -246,7 +279,8 @@ def measure_interleaved(
         rounds: Number of alternating rounds.
 
     Returns:
-        One summary per timer (as :func:`measure_latency_torch` returns), plus ``rounds``.
+        One summary per timer (as :func:`measure_latency_torch` returns, ``round_medians_ms``
+        per alternating round), plus ``rounds``.
     """
     _check_protocol(warmup, repeats, min_time_s)
     if rounds < 1:
@@ -256,13 +290,16 @@ def measure_interleaved(
         for step, _ in entered:
             for _ in range(warmup):
                 step()
-        times: list[list[float]] = [[] for _ in entered]
+        times: list[list[list[float]]] = [[] for _ in entered]
         per_round = -(-repeats // rounds)
         for r in range(rounds):
             order = range(len(entered)) if r % 2 == 0 else reversed(range(len(entered)))
             for i in order:
-                times[i] += _time_loop(entered[i][0], 0, per_round, min_time_s / rounds)
-        return [_summary(t) | info | {"rounds": rounds} for t, (_, info) in zip(times, entered)]
+                times[i].append(_time_loop(entered[i][0], 0, per_round, min_time_s / rounds))
+        return [
+            _summary([ms for rnd in t for ms in rnd], t) | info | {"rounds": rounds}
+            for t, (_, info) in zip(times, entered)
+        ]
 
 
 def ort_session(

@@ -468,8 +468,28 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             for name in metrics
         }
         group["per_layer"] = _per_layer(ok, layers)
+        group["busy"] = _busy_cells(ok)
         summary.append(group)
     return summary
+
+
+_BUSY = re.compile(r"^(before|after)\.latency_ms\.([^.]+)\.([^.]+)\.busy$")
+_BUSY_MARK = "†"
+
+
+def _busy_cells(rows: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """``(backend, batch)`` cells where some run's base or pruned latency was flagged busy."""
+    cells = {
+        (match[2], match[3])
+        for row in rows
+        for name, value in row.items()
+        if value is True and (match := _BUSY.match(name))
+    }
+    return sorted(cells)
+
+
+def _mark_busy(text: str, group: Mapping[str, Any], backend: str, batch: str) -> str:
+    return text + _BUSY_MARK if (backend, batch) in group.get("busy", ()) else text
 
 
 def _per_layer(rows: Sequence[Mapping[str, Any]], layers: Iterable[str]) -> dict[str, Any]:
@@ -697,7 +717,9 @@ def render_report(rows: Sequence[Mapping[str, Any]], plots: Sequence[str] = ()) 
         "Values are mean ± sample standard deviation over seeds (no ± for a single run). "
         "Accuracies are on the selected classes (same k-way task before and after pruning); "
         "speed-ups are base latency / pruned latency (median); selection time is averaged "
-        "over the runs that computed their scores (not those that reused cached scores).",
+        "over the runs that computed their scores (not those that reused cached scores). "
+        f"{_BUSY_MARK} marks a latency or speed-up timed while the machine was busy (its "
+        "rounds' medians or its p90 spread too far; see benchmark.json's busy flags).",
         "",
     ]
 
@@ -718,7 +740,9 @@ def render_report(rows: Sequence[Mapping[str, Any]], plots: Sequence[str] = ()) 
                 format_bytes(*_stat_of(g, "after.size_bytes")),
             ]
             line += [
-                _format_seconds(*_stat_of(g, f"after.latency_ms.{b}.{bs}.median_ms"))
+                _mark_busy(
+                    _format_seconds(*_stat_of(g, f"after.latency_ms.{b}.{bs}.median_ms")), g, b, bs
+                )
                 for b, bs in lat
             ]
             body.append(line)
@@ -755,7 +779,9 @@ def render_report(rows: Sequence[Mapping[str, Any]], plots: Sequence[str] = ()) 
                 format_speedup(*_stat_of(g, "realised.theoretical_speedup")),
             ]
             line += [
-                format_speedup(*_stat_of(g, f"realised.measured_speedup.{b}.{bs}"))
+                _mark_busy(
+                    format_speedup(*_stat_of(g, f"realised.measured_speedup.{b}.{bs}")), g, b, bs
+                )
                 for b, bs in backends
             ]
             line += [
