@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
+from capl.checkpoints import load_checkpoint, state_dict_of
 from capl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ def build_network(
     num_classes: int,
     small_input: bool = False,
     weights: str | None = None,
+    trust_weights: bool = False,
 ) -> nn.Module:
     """Build a torchvision classification network.
 
@@ -51,6 +53,8 @@ def build_network(
         weights: ``None`` (random init), a torchvision weights name (``"DEFAULT"``,
             ``"IMAGENET1K_V1"`` or ``"ResNet18_Weights.IMAGENET1K_V1"``), or the path of a local
             state_dict / Lightning checkpoint.
+        trust_weights: Load a local file with full unpickling (it may run code); by default
+            only tensors and plain values are read.
 
     Returns:
         The network, in train mode.
@@ -67,7 +71,7 @@ def build_network(
     if name in CIFAR_RESNETS:
         net = CifarResNet(CIFAR_RESNETS[name], num_classes)
         if weights is not None:
-            load_weights_file(net, weights)
+            load_weights_file(net, weights, trust_weights)
         return net
     local = weights is not None and (
         os.sep in weights or Path(weights).suffix in {".pt", ".pth", ".ckpt"}
@@ -83,7 +87,7 @@ def build_network(
     if small_input:
         _small_input_stem(name, net)
     if local:
-        load_weights_file(net, weights)
+        load_weights_file(net, weights, trust_weights)
     return net
 
 
@@ -161,20 +165,16 @@ def _download_state_dict(name: str, weights: tvm.WeightsEnum) -> dict[str, torch
         ) from None
 
 
-def load_weights_file(net: nn.Module, path: str) -> None:
+def load_weights_file(net: nn.Module, path: str, trusted: bool = False) -> None:
     """Load a state_dict or a Lightning checkpoint (``network.`` prefixed keys) into ``net``.
 
+    The file is read with ``weights_only=True`` (it cannot run code) unless ``trusted``.
+
     Raises:
-        ConfigError: Missing file, or keys/shapes that do not match the network.
+        ConfigError: Missing or damaged file, one that needs full unpickling while not
+            ``trusted``, or keys/shapes that do not match the network.
     """
-    if not Path(path).is_file():
-        raise ConfigError(
-            f"weights file {path} does not exist: pass an existing .pt/.pth/.ckpt path"
-        )
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
-    if any(key.startswith("network.") for key in state):
-        state = {k[len("network.") :]: v for k, v in state.items() if k.startswith("network.")}
+    state = state_dict_of(load_checkpoint(path, trusted=trusted), path)
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
