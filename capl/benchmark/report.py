@@ -393,12 +393,17 @@ def format_table(before: dict[str, Any], after: dict[str, Any]) -> str:
 
     Args:
         before: Block of the base model.
-        after: Block of the pruned model.
+        after: Block of the pruned model; both may hold ``accuracy``/``accuracy_macro``
+            (fractions, as the BenchmarkCallback's blocks do).
 
     Returns:
-        Aligned columns ``metric | before | after | after/before``, one line per metric.
+        Aligned columns ``metric | before | after | after/before``, one line per metric; for
+        accuracies the last column is the change in percentage points.
     """
     rows: list[tuple[str, float | None, float | None, str]] = []
+    for key, label in (("accuracy", "accuracy"), ("accuracy_macro", "accuracy (macro)")):
+        if before.get(key) is not None or after.get(key) is not None:
+            rows.append((label, before.get(key), after.get(key), "%"))
     for key, label, unit in (
         ("macs", "MACs (ptflops)", ""),
         ("conv_linear_macs", "MACs (conv+linear)", ""),
@@ -421,14 +426,19 @@ def format_table(before: dict[str, Any], after: dict[str, Any]) -> str:
     def cell(value: float | None, unit: str) -> str:
         if value is None:
             return "-"
+        if unit == "%":
+            return f"{100 * value:.2f} %"
         return f"{value:.3f}" if unit == "ms" else _human(value, unit)
+
+    def change(b: float | None, a: float | None, unit: str) -> str:
+        if unit == "%":
+            return "-" if a is None or b is None else f"{100 * (a - b):+.2f} pp"
+        ratio = _ratio(a, b)
+        return "-" if ratio is None else f"{ratio:.3f}"
 
     lines = [("metric", "before", "after", "after/before")]
     for label, b, a, unit in rows:
-        ratio = _ratio(a, b)
-        lines.append(
-            (label, cell(b, unit), cell(a, unit), "-" if ratio is None else f"{ratio:.3f}")
-        )
+        lines.append((label, cell(b, unit), cell(a, unit), change(b, a, unit)))
     widths = [max(len(line[i]) for line in lines) for i in range(4)]
     out = []
     for index, line in enumerate(lines):

@@ -339,18 +339,49 @@ def _parse(column: str, text: str) -> Scalar:
 def read_results_csv(path: str | Path) -> list[dict[str, Scalar]]:
     """Read a CSV written by :func:`write_results_csv`, restoring value types.
 
+    The file is checked for the damage a cut or a mixed-up copy leaves, so that a half row is
+    never reported as data: every row must have exactly the header's cells, the file must end
+    with a complete line, and a ``status`` column holds only ``ok``/``failed``.
+
     Args:
         path: The CSV file.
 
     Returns:
         One dict per row; empty cells are ``None``, numbers ``int`` or ``float``.
+
+    Raises:
+        ValueError: The file is damaged (the message says how to rebuild it).
     """
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        return [
-            {column: _parse(column, text or "") for column, text in record.items() if column}
-            for record in reader
-        ]
+    text = Path(path).read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        raise _damaged(path, "its last line is incomplete")
+    try:
+        records = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error as err:
+        raise _damaged(path, f"not valid CSV: {err}") from None
+    if not records:
+        return []
+    header, body = records[0], records[1:]
+    rows = []
+    for number, record in enumerate(body, start=2):
+        if len(record) != len(header):
+            raise _damaged(path, f"line {number} has {len(record)} of {len(header)} cells")
+        row = {column: _parse(column, cell) for column, cell in zip(header, record) if column}
+        if row.get("status") not in (None, "ok", "failed") or (
+            "point_id" in row and not row["point_id"]
+        ):
+            raise _damaged(path, f"line {number} has no valid point_id/status")
+        rows.append(row)
+    return rows
+
+
+def _damaged(path: str | Path, reason: str) -> ValueError:
+    folder = Path(path).parent
+    return ValueError(
+        f"{path} is damaged ({reason}; cut while written or edited?): nothing was reported; "
+        f"rebuild it from the point records with capl-sweep --config SWEEP.yaml --output "
+        f"{folder} --merge"
+    )
 
 
 # --------------------------------------------------------------------------------------------
