@@ -43,6 +43,9 @@ _PRECOMPUTE_CHUNK = 4096
 # calibration size) never changes another (e.g. the validation split).
 _STREAM_SPLIT = 1
 _STREAM_CALIBRATION = 2
+_STREAM_TEST = 3
+# The test cap's draw ignores ``seed``: every seed of a study is measured on the same images.
+_TEST_CAP_SEED = 20_241_202
 
 
 class TensorImageSource:
@@ -168,6 +171,8 @@ class ClassSubsetDataModule(LightningDataModule):
         seed: Seed for the validation split, the cap, the calibration draw and the training
             shuffle.
         download: Let torchvision download the dataset where it can.
+        test_samples_per_class: Cap on test images per class, drawn with a fixed seed (the
+            same images whatever ``seed``) to bound evaluation time; ``None`` keeps all.
     """
 
     name: ClassVar[str] = "dataset"
@@ -191,6 +196,7 @@ class ClassSubsetDataModule(LightningDataModule):
         augment: bool = False,
         seed: int = 0,
         download: bool = False,
+        test_samples_per_class: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(root, str | os.PathLike):
@@ -213,6 +219,11 @@ class ClassSubsetDataModule(LightningDataModule):
                 "e.g. val_fraction: 0.1"
             )
         self.val_fraction = float(val_fraction)
+        self.test_samples_per_class = (
+            None
+            if test_samples_per_class is None
+            else self._check_int("test_samples_per_class", test_samples_per_class, minimum=1)
+        )
         self.calibration_samples_per_class = self._check_int(
             "calibration_samples_per_class", calibration_samples_per_class, minimum=1
         )
@@ -451,7 +462,7 @@ class ClassSubsetDataModule(LightningDataModule):
         self.val_indices = np.sort(np.concatenate(val_parts))
         # Grouped by class in the user's order: deterministic and easy to inspect.
         self.calibration_indices = np.concatenate(calibration_parts)
-        self.test_indices = np.flatnonzero(lookup[test.labels] >= 0)
+        self.test_indices = self._test_positions(test.labels, lookup)
         for original in self.class_indices:
             if not np.any(test.labels == original):
                 log.warning(
@@ -479,6 +490,18 @@ class ClassSubsetDataModule(LightningDataModule):
             len(self.calibration_indices),
             self.input_shape,
         )
+
+    def _test_positions(self, labels: np.ndarray, lookup: np.ndarray) -> np.ndarray:
+        kept = np.flatnonzero(lookup[labels] >= 0)
+        cap = self.test_samples_per_class
+        if cap is None:
+            return kept
+        parts = []
+        for original in self.class_indices:
+            positions = kept[labels[kept] == original]
+            rng = np.random.default_rng([_TEST_CAP_SEED, _STREAM_TEST, original])
+            parts.append(rng.permutation(positions)[:cap])
+        return np.sort(np.concatenate(parts))
 
     def _check_labels(self, split: LoadedSplit, what: str) -> None:
         labels = split.labels

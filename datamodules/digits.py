@@ -61,6 +61,7 @@ class DigitsSubset(ClassSubsetDataModule):
         augment: Random crop with 1-pixel padding on training images.
         seed: Seed for the validation split, the cap, the calibration draw and shuffling.
         download: Ignored (nothing to download).
+        test_samples_per_class: Cap on test images per class (fixed draw, any seed).
     """
 
     name = "digits"
@@ -83,6 +84,7 @@ class DigitsSubset(ClassSubsetDataModule):
         augment: bool = False,
         seed: int = 0,
         download: bool = False,
+        test_samples_per_class: int | None = None,
     ) -> None:
         super().__init__(
             root=root,
@@ -96,6 +98,7 @@ class DigitsSubset(ClassSubsetDataModule):
             augment=augment,
             seed=seed,
             download=download,
+            test_samples_per_class=test_samples_per_class,
         )
 
     @classmethod

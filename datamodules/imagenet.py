@@ -108,6 +108,7 @@ class ImageNetSubset(ClassSubsetDataModule):
         augment: RandomResizedCrop and horizontal flip on training images.
         seed: Seed for the validation split, the cap, the calibration draw and shuffling.
         download: Must be false: ImageNet cannot be downloaded automatically.
+        test_samples_per_class: Cap on test images per class (fixed draw, any seed).
     """
 
     name = "imagenet"
@@ -131,6 +132,7 @@ class ImageNetSubset(ClassSubsetDataModule):
         augment: bool = False,
         seed: int = 0,
         download: bool = False,
+        test_samples_per_class: int | None = None,
     ) -> None:
         if download:
             raise ConfigError(
@@ -150,6 +152,7 @@ class ImageNetSubset(ClassSubsetDataModule):
             augment=augment,
             seed=seed,
             download=download,
+            test_samples_per_class=test_samples_per_class,
         )
 
     @classmethod

@@ -515,3 +515,20 @@ def test_real_fashion_mnist_files() -> None:
     assert len(dm.train_dataset) + len(dm.val_dataset) == 24000
     images, labels = next(iter(dm.test_dataloader()))
     assert images.shape[1:] == (3, 32, 32) and labels.max() < 4
+
+
+def test_test_cap_is_per_class_and_the_same_for_every_seed(tmp_path: Path) -> None:
+    labels = write_fashion_mnist(tmp_path, train_per_class=6, test_per_class=5)
+    kw = {"classes": [2, 7], "calibration_samples_per_class": 2, "test_samples_per_class": 3}
+    first = FashionMNISTSubset(str(tmp_path), seed=0, **kw)
+    other = FashionMNISTSubset(str(tmp_path), seed=4, **kw)
+    first.setup()
+    other.setup()
+    assert np.array_equal(first.test_indices, other.test_indices)
+    kept = [labels["test"][i] for i in first.test_indices]
+    assert Counter(kept) == {2: 3, 7: 3}
+    full = FashionMNISTSubset(str(tmp_path), classes=[2, 7], calibration_samples_per_class=2)
+    full.setup()
+    assert set(first.test_indices) < set(full.test_indices)
+    with pytest.raises(ConfigError, match="test_samples_per_class must be an integer >= 1"):
+        FashionMNISTSubset(str(tmp_path), test_samples_per_class=0)
