@@ -18,6 +18,7 @@ from typing_extensions import override
 
 import capl
 from capl.benchmark import (
+    BACKENDS,
     environment_info,
     format_table,
     paired_latency,
@@ -89,10 +90,10 @@ class BenchmarkCallback(Callback):
     ) -> None:
         super().__init__()
         self.batch_sizes = list(batch_sizes or [1, 32])
-        self.backends = list(backends or ["torch", "onnxruntime"])
-        unknown = sorted(set(self.backends) - {"torch", "onnxruntime"})
+        self.backends = list(backends or BACKENDS)
+        unknown = sorted(set(self.backends) - set(BACKENDS))
         if unknown:
-            raise ConfigError(f"unknown latency backends {unknown}: use torch and/or onnxruntime")
+            raise ConfigError(f"backends: unknown {unknown}: use {' and/or '.join(BACKENDS)}")
         if any(b < 1 for b in self.batch_sizes):
             raise ConfigError(f"batch_sizes must be >= 1, got {self.batch_sizes}")
         if warmup < 0 or repeats < 1 or min_time_s < 0:

@@ -26,6 +26,7 @@ from capl.benchmark.latency import (
 )
 from capl.benchmark.onnx_export import export_onnx
 from capl.benchmark.report import (
+    BACKENDS,
     batch_key,
     compare_models,
     format_table,
@@ -41,6 +42,7 @@ from capl.benchmark.size import (
 )
 
 __all__ = [
+    "BACKENDS",
     "batch_key",
     "compare_models",
     "count_conv_linear_macs",

@@ -31,14 +31,17 @@ A sweep file has these sections (only ``base``, ``data`` and ``grid`` are requir
       classes: [[3, 5, 8]]           # class subsets; default the data section's classes
       seeds: [0]
       retrain_epochs: [0, 1]         # 0 = prune and measure only
-    pruning: {ignore: [], skip_first: 0, round_to: auto, min_channels: 1, cut_head: true}
+    pruning:                         # PruningCallback init_args (all but criterion, ratio,
+      bn_recalibration: 10           #   scope, target: the grid's) -- the same schema
+      round_to: auto
     retrain:                         # for points with retrain_epochs > 0
       optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.01, momentum: 0.9}}
       lr_scheduler: null
       early_stopping_patience: null
       trainer: {}                    # e.g. limit_train_batches
-    benchmark: {batch_sizes: [1, 32], backends: [torch, onnxruntime], warmup: 5, repeats: 20,
-                min_time_s: 0.5, ort_threads: null, device: null}
+    benchmark:                       # BenchmarkCallback init_args (all but output, run_name)
+      batch_sizes: [1, 32]
+      input_size: null               # e.g. [3, 224, 224]: MACs and latency at that size
     trainer: {accelerator: cpu, devices: 1}   # Trainer options shared by every run
 
 Every problem is reported as a one-line :class:`~capl.errors.ConfigError` naming the key.
@@ -59,14 +62,13 @@ from typing import Any
 import yaml
 
 from capl.errors import ConfigError
+from capl.sweep.options import benchmark_options, pruning_options
 
 __all__ = [
     "BaseSpec",
-    "BenchmarkSpec",
     "CriterionSpec",
     "GridSpec",
     "Point",
-    "PruningSpec",
     "RetrainSpec",
     "Skipped",
     "SweepConfig",
@@ -79,7 +81,6 @@ __all__ = [
 
 _SCOPES = ("layer", "global")
 _TARGETS = (None, "macs", "params")
-_BACKENDS = ("torch", "onnxruntime")
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:
@@ -153,18 +154,6 @@ class GridSpec:
 
 
 @dataclass
-class PruningSpec:
-    """PruningCallback options shared by every point."""
-
-    ignore: list[str] = field(default_factory=list)
-    skip_first: int = 0
-    round_to: int | str | None = "auto"
-    min_channels: int = 1
-    cut_head: bool = True
-    bn_recalibration: int = 0
-
-
-@dataclass
 class RetrainSpec:
     """Retraining options for points with ``retrain_epochs > 0``."""
 
@@ -175,22 +164,6 @@ class RetrainSpec:
 
 
 @dataclass
-class BenchmarkSpec:
-    """BenchmarkCallback options shared by every point."""
-
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
-    backends: list[str] = field(default_factory=lambda: ["torch", "onnxruntime"])
-    warmup: int = 5
-    repeats: int = 20
-    min_time_s: float = 0.5
-    ort_threads: int | None = None
-    device: str | None = None
-    exporter: str = "auto"
-    rounds: int = 4
-    input_size: list[int] | None = None
-
-
-@dataclass
 class SweepConfig:
     """A whole sweep file, validated."""
 
@@ -198,9 +171,10 @@ class SweepConfig:
     data: dict[str, Any]
     grid: GridSpec
     name: str = "sweep"
-    pruning: PruningSpec = field(default_factory=PruningSpec)
+    # the PruningCallback / BenchmarkCallback init_args every point shares (capl.sweep.options)
+    pruning: dict[str, Any] = field(default_factory=dict)
     retrain: RetrainSpec = field(default_factory=RetrainSpec)
-    benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec)
+    benchmark: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
@@ -507,26 +481,6 @@ def _grid(value: Any, default_classes: Any) -> GridSpec:
     )
 
 
-def _pruning(value: Any) -> PruningSpec:
-    data = _check_keys(
-        "pruning",
-        value or {},
-        ("ignore", "skip_first", "round_to", "min_channels", "cut_head", "bn_recalibration"),
-    )
-    ignore = data.get("ignore") or []
-    if not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore):
-        raise ConfigError("pruning.ignore must be a list of module-name patterns")
-    round_to = data.get("round_to", "auto")
-    return PruningSpec(
-        ignore=ignore,
-        skip_first=_int("pruning.skip_first", data.get("skip_first", 0), 0),
-        round_to=round_to if round_to in (None, "auto") else _int("pruning.round_to", round_to, 1),
-        min_channels=_int("pruning.min_channels", data.get("min_channels", 1), 0),
-        cut_head=bool(data.get("cut_head", True)),
-        bn_recalibration=_int("pruning.bn_recalibration", data.get("bn_recalibration", 0), 0),
-    )
-
-
 def _retrain(value: Any) -> RetrainSpec:
     data = _check_keys(
         "retrain", value or {}, ("optimizer", "lr_scheduler", "early_stopping_patience", "trainer")
@@ -540,43 +494,6 @@ def _retrain(value: Any) -> RetrainSpec:
         else _int("retrain.early_stopping_patience", patience, 1),
         trainer=_mapping("retrain.trainer", data.get("trainer")),
     )
-
-
-def _benchmark(value: Any) -> BenchmarkSpec:
-    names = tuple(BenchmarkSpec.__dataclass_fields__)
-    data = _check_keys("benchmark", value or {}, names)
-    spec = BenchmarkSpec(**data)
-    spec.batch_sizes = [
-        _int("benchmark.batch_sizes", b, 1)
-        for b in _list("benchmark.batch_sizes", spec.batch_sizes)
-    ]
-    spec.backends = _list("benchmark.backends", spec.backends)
-    bad = [b for b in spec.backends if b not in _BACKENDS]
-    if bad:
-        raise ConfigError(f"benchmark.backends: unknown {bad}: use torch and/or onnxruntime")
-    _int("benchmark.warmup", spec.warmup, 0)
-    _int("benchmark.repeats", spec.repeats, 1)
-    if (
-        isinstance(spec.min_time_s, bool)
-        or not isinstance(spec.min_time_s, (int, float))
-        or (spec.min_time_s < 0)
-    ):
-        raise ConfigError(f"benchmark.min_time_s must be a number >= 0, got {spec.min_time_s!r}")
-    if spec.ort_threads is not None:
-        _int("benchmark.ort_threads", spec.ort_threads, 1)
-    _int("benchmark.rounds", spec.rounds, 1)
-    if spec.input_size is not None:
-        spec.input_size = [
-            _int("benchmark.input_size", v, 1)
-            for v in _list("benchmark.input_size", spec.input_size)
-        ]
-        if len(spec.input_size) != 3:
-            raise ConfigError(f"benchmark.input_size must be [C, H, W], got {spec.input_size}")
-    if spec.exporter not in ("auto", "dynamo", "torchscript"):
-        raise ConfigError(
-            f"benchmark.exporter: unknown {spec.exporter!r}: use auto, dynamo or torchscript"
-        )
-    return spec
 
 
 def parse_sweep_config(raw: Any) -> SweepConfig:
@@ -601,9 +518,9 @@ def parse_sweep_config(raw: Any) -> SweepConfig:
         base=_base(data["base"]),
         data=data_section,
         grid=_grid(data["grid"], default_classes),
-        pruning=_pruning(data.get("pruning")),
+        pruning=pruning_options(data.get("pruning")),
         retrain=_retrain(data.get("retrain")),
-        benchmark=_benchmark(data.get("benchmark")),
+        benchmark=benchmark_options(data.get("benchmark")),
         trainer=_mapping("trainer", data.get("trainer")),
     )
 

@@ -40,8 +40,10 @@ import yaml
 
 from capl.errors import ConfigError
 from capl.io import write_json_atomic, write_text_atomic
+from capl.sweep import preflight
 from capl.sweep.grid import Point, Skipped, SweepConfig, expand_grid, stable_hash
 from capl.sweep.report import RESULTS_CSV, result_row, write_report, write_results_csv
+from capl.sweep.signals import Interrupted, stops_on_sigterm
 
 __all__ = [
     "PointResult",
@@ -114,20 +116,37 @@ class _Tee(io.TextIOBase):
         self.stream.flush()
 
 
+@contextlib.contextmanager
+def _program_only_argv() -> Iterator[None]:
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
 def _capl(args: Sequence[str]) -> Any:
     """``capl.cli.main(args)``; a user error becomes a ConfigError carrying its message."""
     from capl.cli import main
 
     tee = _Tee(sys.stderr)
     try:
-        with contextlib.redirect_stderr(tee):
+        # main(args) runs as if from the command line: sys.argv must not hold capl-sweep's own
+        # arguments too (LightningCLI warns about that on every point)
+        with contextlib.redirect_stderr(tee), _program_only_argv():
             return main(list(args))
     except SystemExit as err:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
         if isinstance(err.__context__, KeyboardInterrupt):
-            # Lightning turns Ctrl-C into exit(1) and ignores SIGINT from then on: restore the
-            # handler and stop the sweep instead of recording the point as failed
+            # Lightning turns Ctrl-C (and SIGTERM, see capl.sweep.signals) into exit(1) and
+            # ignores SIGINT from then on: restore the handler and stop the sweep instead of
+            # recording the point as failed
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt from None
+            raise err.__context__ from None
+        if isinstance(err, SIGTERMException):  # Lightning's own SIGTERM handling
+            raise Interrupted(signal.SIGTERM) from None
         if err.code in (0, None):
             raise RuntimeError(f"capl {args[0]} exited early without running") from None
         lines = [ln for ln in tee.buffer_text.getvalue().splitlines() if "error:" in ln]
@@ -161,6 +180,8 @@ def _trainer_defaults(config: SweepConfig) -> dict[str, Any]:
         "deterministic": True,
         "enable_progress_bar": False,
         "enable_model_summary": False,
+        # metrics are logged per epoch: no "fewer batches than the logging interval" warning
+        "log_every_n_steps": 1,
     }
     trainer.update(config.trainer)
     return trainer
@@ -172,6 +193,7 @@ def _trainer_defaults(config: SweepConfig) -> dict[str, Any]:
 
 def _base_settings(config: SweepConfig) -> dict[str, Any]:
     base = asdict(config.base)
+    base.pop("trust_weights")  # how the checkpoint is read, not which model is trained
     return {"base": base, "data": config.data, "trainer": config.trainer}
 
 
@@ -245,7 +267,7 @@ def base_checkpoint(config: SweepConfig, output: str | Path, train: bool = True)
     done = folder / BASE_DONE
     with _file_lock(folder.with_suffix(".lock")):
         if done.is_file():
-            return json.loads(done.read_text())["checkpoint"]
+            return str(from_record(output, json.loads(done.read_text())["checkpoint"]))
         if not train:
             raise ConfigError(
                 f"base model not trained yet ({folder}): run capl-sweep without "
@@ -265,7 +287,7 @@ def base_checkpoint(config: SweepConfig, output: str | Path, train: bool = True)
         write_json_atomic(
             done,
             {
-                "checkpoint": best,
+                "checkpoint": to_record(output, best),
                 "settings": _base_settings(config),
                 "seconds": time.perf_counter() - start,
                 "created": _now(),
@@ -318,14 +340,16 @@ def point_config(
         "num_classes": config.base.num_classes,
         "weights": base,
     }
+    if config.base.trust_weights:
+        model["trust_weights"] = True
     if retrain and config.retrain.optimizer:
         model["optimizer"] = config.retrain.optimizer
     if retrain and config.retrain.lr_scheduler:
         model["lr_scheduler"] = config.retrain.lr_scheduler
-    p = config.pruning
     pruning = {
         "class_path": "capl.callbacks.PruningCallback",
         "init_args": {
+            **config.pruning,
             "criterion": {
                 "class_path": point.criterion.class_path,
                 "init_args": point.criterion_init_args(),
@@ -333,26 +357,13 @@ def point_config(
             "ratio": point.ratio,
             "scope": point.scope,
             "target": point.target,
-            "ignore": list(p.ignore),
-            "skip_first": p.skip_first,
-            "round_to": p.round_to,
-            "min_channels": p.min_channels,
-            "cut_head": p.cut_head,
             "score_cache": str(output / "scores"),
         },
     }
-    b = config.benchmark
     benchmark = {
         "class_path": "capl.callbacks.BenchmarkCallback",
         "init_args": {
-            "batch_sizes": list(b.batch_sizes),
-            "backends": list(b.backends),
-            "ort_threads": b.ort_threads,
-            "warmup": b.warmup,
-            "repeats": b.repeats,
-            "min_time_s": b.min_time_s,
-            "device": b.device,
-            "exporter": b.exporter,
+            **config.benchmark,
             "output": str(folder / BENCHMARK_FILE),
             "run_name": point.point_id,
         },
@@ -448,7 +459,6 @@ def run_point(config: SweepConfig, point: Point, base: str, output: str | Path) 
     start = time.perf_counter()
     error: str | None = None
     cached: bool | None = None
-    log.info("sweep point %d: %s", point.index, point.point_id)
     try:
         cli = _capl(["fit" if point.retrain_epochs > 0 else "test", "--config", str(fit_yaml)])
         cached = _scores_cached(cli)
@@ -475,13 +485,69 @@ def run_point(config: SweepConfig, point: Point, base: str, output: str | Path) 
         status="ok" if error is None else "failed",
         error=error,
         duration_s=round(time.perf_counter() - start, 3),
-        benchmark_path=str(folder / BENCHMARK_FILE) if error is None else None,
+        benchmark_path=to_record(output, folder / BENCHMARK_FILE) if error is None else None,
         scores_cached=cached,
         finished=_now(),
         settings=point.settings(config.base.network),
     )
     write_json_atomic(folder / RESULT_FILE, asdict(result))
     return result
+
+
+def to_record(output: str | Path, path: str | Path) -> str:
+    """``path`` as a record stores it: relative to the sweep folder when inside it.
+
+    A copied or moved sweep folder then still finds its own files (never the original's).
+    """
+    path = Path(path).resolve()
+    root = Path(output).resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
+def from_record(output: str | Path, stored: str) -> Path:
+    """A path read from a record: relative ones are inside the sweep folder."""
+    path = Path(stored)
+    return path if path.is_absolute() else Path(output).resolve() / path
+
+
+def record_file(output: str | Path, point: Point, record: dict[str, Any]) -> Path:
+    """The ``benchmark.json`` a point's record names, found in this sweep folder.
+
+    Records of older capl versions hold absolute paths; when the folder was copied or moved,
+    the point's own file in this folder is read, not the one at the old location.
+    """
+    stored = record["benchmark_path"]
+    own = Path(output).resolve() / "points" / point.point_id / BENCHMARK_FILE
+    if Path(stored).is_absolute() and Path(stored).parts[-3:] == own.parts[-3:]:
+        return own
+    return from_record(output, stored)
+
+
+def _check_before_run(
+    config: SweepConfig, todo: Sequence[Point], output: Path, force: bool
+) -> None:
+    """Fail the whole run at once, before anything is written, on what would fail every point."""
+    sections = {"trainer": config.trainer, "retrain.trainer": config.retrain.trainer}
+    if config.base.train is not None:
+        sections["base.train.trainer"] = config.base.train.trainer
+    preflight.check_confined(sections, output)
+    pending = [
+        p for p in todo if force or (read_record(output, p.point_id) or {}).get("status") != "ok"
+    ]
+    base = config.base
+    trains_base = base.checkpoint is None and not any(
+        (output / "base").glob(f"{stable_hash(_base_settings(config))}/{BASE_DONE}")
+    )
+    if base.checkpoint is not None and pending:
+        preflight.check_base(
+            base.network, base.num_classes, base.small_input, base.checkpoint, base.trust_weights
+        )
+    if trains_base:
+        assert base.train is not None
+        train_data = {**config.data, "init_args": {**config.data["init_args"], **base.train.data}}
+        preflight.check_data(train_data, [train_data["init_args"].get("classes")], base.train.seed)
+    if pending:
+        preflight.check_data(config.data, [p.classes for p in pending], pending[0].seed)
 
 
 def _scores_cached(cli: Any) -> bool | None:
@@ -531,7 +597,7 @@ def collect_rows(
         settings = point.settings(config.base.network)
         if record.get("status") == "ok":
             try:
-                benchmark = json.loads(Path(record["benchmark_path"]).read_text())
+                benchmark = json.loads(record_file(output, point, record).read_text())
             except (OSError, json.JSONDecodeError, TypeError, KeyError) as err:
                 row = result_row(
                     point.point_id,
@@ -542,7 +608,8 @@ def collect_rows(
                 )
             else:
                 row = result_row(point.point_id, benchmark, point=settings, **extra)
-                # BenchmarkCallback cannot know the retraining length (see docs): the grid does
+                # the report groups by the grid's budget; benchmark.json has what was trained
+                row["retrain_epochs_trained"] = row.get("retrain_epochs")
                 row["retrain_epochs"] = point.retrain_epochs
         else:
             row = result_row(
@@ -590,6 +657,7 @@ def _check_folder(config: SweepConfig, output: Path) -> None:
     write_json_atomic(marker, {"fingerprint": fingerprint, "name": config.name, "created": _now()})
 
 
+@stops_on_sigterm
 def run_sweep(
     config: SweepConfig,
     output: str | Path,
@@ -615,40 +683,71 @@ def run_sweep(
         What was run and found.
 
     Raises:
-        ConfigError: An index out of range, or a folder holding another sweep.
+        ConfigError: An index out of range, or a folder holding another sweep; an unwritable
+            output, trainer settings writing outside it, a bad base checkpoint or data
+            settings (checked once, before the first point; nothing is written then).
+        Interrupted: SIGTERM or Ctrl-C (``KeyboardInterrupt``); the running point has no
+            record, so a rerun does it again.
     """
     output = Path(output).resolve()
     points, skipped = expand_grid(config)
+    if index is not None and not merge and not 0 <= index < len(points):
+        raise ConfigError(
+            f"--index {index} is out of range: this sweep has {len(points)} points "
+            f"(0..{len(points) - 1})"
+        )
     run = SweepRun(points=points, skipped=skipped)
     start = time.perf_counter()
+    preflight.prepare_output(output)
+    if not merge:
+        _check_before_run(config, points if index is None else [points[index]], output, force)
     output.mkdir(parents=True, exist_ok=True)
     _check_folder(config, output)
     if merge:
         run.rows = write_outputs(config, points, output, plots)
         run.seconds = time.perf_counter() - start
         return run
-    if index is not None and not 0 <= index < len(points):
-        raise ConfigError(
-            f"--index {index} is out of range: this sweep has {len(points)} points "
-            f"(0..{len(points) - 1})"
-        )
     base_start = time.perf_counter()
     base = base_checkpoint(config, output)
     run.base_seconds = time.perf_counter() - base_start
     if base_only:
         run.seconds = time.perf_counter() - start
         return run
-    todo = points if index is None else [points[index]]
-    for point in todo:
+    todo = []
+    for point in points if index is None else [points[index]]:
         record = read_record(output, point.point_id)
         if record is not None and record.get("status") == "ok" and not force:
             run.already_done.append(point.point_id)
-            continue
+        else:
+            todo.append(point)
+    loop_start = time.perf_counter()
+    for done, point in enumerate(todo):
+        where = f"{done + 1}/{len(todo)}" if index is None else f"{index + 1} of {len(points)}"
+        log.info(
+            "sweep point %s: %s (%s)",
+            where,
+            point.point_id,
+            _progress(done, len(todo), time.perf_counter() - loop_start),
+        )
         run.ran.append(run_point(config, point, base, output))
     if index is None:
         run.rows = write_outputs(config, points, output, plots)
     run.seconds = time.perf_counter() - start
     return run
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _progress(done: int, total: int, elapsed: float) -> str:
+    """``elapsed 1m05s, about 3m10s left`` (mean time of the points done so far)."""
+    if done == 0:
+        return "elapsed 0m00s"
+    left = elapsed / done * (total - done)
+    return f"elapsed {_duration(elapsed)}, about {_duration(left)} left"
 
 
 def describe(run: SweepRun, output: str | Path | None = None) -> str:
