@@ -25,9 +25,10 @@ from capl.pruning import (
     PruningConfig,
     make_masks_permanent,
     make_plan,
-    prunable_layers,
     recalibrate_batchnorm,
+    select_scores,
 )
+from capl.pruning.latency_table import LatencySpec, LatencyTable, network_latency_table
 from capl.strategies import Criterion
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,9 @@ class PruningCallback(Callback):
         ratio: Fraction in [0, 1) of prunable filters (or weights) to remove, or with ``target``
             the realised fraction of MACs/params to remove.
         scope: ``layer`` removes ``ratio`` of each layer; ``global`` ranks across layers.
-        target: Prune until the realised ``macs`` or ``params`` reduction reaches ``ratio``.
+        target: Prune until the realised ``macs`` or ``params`` reduction reaches ``ratio``, or
+            (``latency``) until the latency predicted from a measured per-layer table drops by
+            ``ratio``.
         ignore: Layer-name patterns (fnmatch) never pruned.
         skip_first: Number of leading convolutions never pruned.
         round_to: Keep channel counts multiples of this (hardware-friendly widths); ``auto``
@@ -70,6 +73,11 @@ class PruningCallback(Callback):
         bn_recalibration: After removal, reset the BatchNorm running statistics and re-estimate
             them on this many training batches of the selected classes (train-mode BatchNorm,
             no gradients, no weight change: EagleEye's adaptive BN); 0 turns it off.
+        latency: Where latency is measured (backend, batch_size, threads, cache folder) for
+            ``target: latency`` (default: ONNX Runtime, batch 32, torch's threads, no cache);
+            given with another target, the plan still records its predicted latency. The
+            per-layer table is measured once per network, input size, backend, batch size and
+            thread count and kept in ``cache``; the time it takes counts as removal time.
 
     Right after removal (``pruned``) and after the recalibration (``bn_recalibrated``) the test
     accuracy is measured on the same k-way task as the benchmark; these stages travel with
@@ -84,7 +92,7 @@ class PruningCallback(Callback):
         criterion: Criterion,
         ratio: float = 0.5,
         scope: Literal["layer", "global"] = "layer",
-        target: Literal["macs", "params"] | None = None,
+        target: Literal["macs", "params", "latency"] | None = None,
         ignore: list[str] | None = None,
         skip_first: int = 0,
         round_to: int | Literal["auto"] | None = "auto",
@@ -93,6 +101,7 @@ class PruningCallback(Callback):
         cut_head: bool = True,
         score_cache: str | None = None,
         bn_recalibration: int = 0,
+        latency: LatencySpec | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(criterion, Criterion):
@@ -120,6 +129,7 @@ class PruningCallback(Callback):
             )
         self.bn_recalibration = bn_recalibration
         self.score_cache = score_cache
+        self.latency = LatencySpec() if latency is None and target == "latency" else latency
         self.scores_from_cache = False
         self.base_network: nn.Module | None = None
         self.base_head_classes: list[int] | None = None
@@ -175,6 +185,7 @@ class PruningCallback(Callback):
                 example,
                 head_rows=head_rows,
                 network=pl_module.hparams.network,
+                latency=self._latency_table(network, example),
             ).to_dict()
         plan = trainer.strategy.broadcast(plan, src=0)
         pl_module.apply_pruning_plan(plan)
@@ -223,28 +234,33 @@ class PruningCallback(Callback):
             rank_zero_info(f"capl: BatchNorm statistics re-estimated on {used} training batches")
         return stages
 
+    def _latency_table(self, network: nn.Module, example: Tensor) -> LatencyTable | None:
+        if self.latency is None:
+            return None
+        round_to = self.config.resolved_round_to(self.latency.device)
+        return network_latency_table(network, example, self.latency, round_to)
+
     def _select(
         self, trainer: Trainer, network: nn.Module, datamodule: Any, rows: list[int]
     ) -> dict[str, Tensor]:
-        layers = prunable_layers(network, self.criterion.granularity)
         cache = self._cache_path(network, datamodule, trainer.world_size)
         if cache is not None and cache.is_file():
             self.scores_from_cache = True
             return torch.load(cache, map_location="cpu", weights_only=True)
-        stats: dict[str, Tensor] = {}
-        if self.criterion.requires_data:
-            world, rank = trainer.world_size, trainer.global_rank
-            # a loader built inside a hook is not sharded by Lightning: take every world-th batch
-            shard = (
-                b for i, b in enumerate(datamodule.calibration_dataloader()) if i % world == rank
-            )
-            stats = self.criterion.collect(network, shard, layers, rows)
-            if world > 1:
-                stats = {
-                    k: trainer.strategy.reduce(v.to(trainer.strategy.root_device), reduce_op="sum")
-                    for k, v in sorted(stats.items())
-                }
-        scores = self.criterion.score(network, layers, stats)
+        world, rank = trainer.world_size, trainer.global_rank
+        # a loader built inside a hook is not sharded by Lightning: take every world-th batch
+        shard = (b for i, b in enumerate(datamodule.calibration_dataloader()) if i % world == rank)
+
+        def all_ranks(stats: dict[str, Tensor]) -> dict[str, Tensor]:
+            device = trainer.strategy.root_device
+            return {
+                k: trainer.strategy.reduce(v.to(device), reduce_op="sum")
+                for k, v in sorted(stats.items())
+            }
+
+        scores = select_scores(
+            self.criterion, network, shard, rows, reduce=all_ranks if world > 1 else None
+        )
         if cache is not None and trainer.is_global_zero:
             buffer = io.BytesIO()
             torch.save({k: v.detach().cpu() for k, v in scores.items()}, buffer)

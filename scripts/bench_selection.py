@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from capl.datamodules import DigitsSubset
 from capl.io import write_json_atomic
 from capl.models import build_network
-from capl.pruning import PruningConfig, make_plan, prunable_layers
+from capl.pruning import PruningConfig, make_plan, select_scores
 from capl.strategies import available_criteria, get_criterion
 
 Batches = list[tuple[Tensor, Tensor]]
@@ -218,12 +218,10 @@ def time_criteria(
     criteria = {}
     for name in names:
         criterion = get_criterion(name)
-        layers = prunable_layers(model, criterion.granularity)
         criteria[name] = criterion
 
-        def select(criterion: Any = criterion, layers: dict = layers) -> dict[str, Tensor]:
-            stats = criterion.collect(model, batches, layers, target_rows)
-            return criterion.score(model, layers, stats)
+        def select(criterion: Any = criterion) -> dict[str, Tensor]:
+            return select_scores(criterion, model, batches, target_rows)
 
         work[name] = select
 
@@ -292,10 +290,7 @@ def time_plans(
     for scope in ("layer", "global"):
         for target in (None, "macs"):
             fresh = build_like(model)
-            layers = prunable_layers(fresh, criterion.granularity)
-            scores = criterion.score(
-                fresh, layers, criterion.collect(fresh, batches, layers, target_rows)
-            )
+            scores = select_scores(criterion, fresh, batches, target_rows)
             config = PruningConfig(ratio=ratio, scope=scope, target=target)
 
             def plan(

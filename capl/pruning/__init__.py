@@ -2,8 +2,7 @@
 
 Typical use::
 
-    layers = prunable_layers(model, criterion.granularity)
-    scores = criterion.score(model, layers, criterion.collect(model, batches, layers, rows))
+    scores = select_scores(criterion, model, batches, rows)   # collect + score, in one call
     plan = make_plan(model, criterion, scores, PruningConfig(ratio=0.5), example_input)
     apply_plan(model, plan)           # or on a freshly built network + its weights
     json_text = json.dumps(plan.to_dict())
@@ -22,6 +21,7 @@ from capl.pruning.plan import (
 )
 from capl.pruning.recalibrate import batchnorm_layers, recalibrate_batchnorm
 from capl.pruning.report import conv_linear_macs, nonzero_parameters, pruning_report
+from capl.pruning.select import select_scores
 
 __all__ = [
     "PruningConfig",
@@ -39,4 +39,5 @@ __all__ = [
     "prunable_layers",
     "pruning_report",
     "recalibrate_batchnorm",
+    "select_scores",
 ]

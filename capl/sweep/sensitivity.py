@@ -38,7 +38,6 @@ from __future__ import annotations
 import copy
 import csv
 import fnmatch
-import importlib
 import io
 import logging
 from collections.abc import Mapping, Sequence
@@ -52,6 +51,7 @@ from torch import nn
 
 from capl.errors import ConfigError
 from capl.io import write_bytes_atomic, write_json_atomic, write_text_atomic
+from capl.sweep import preflight
 from capl.sweep.grid import (
     BaseSpec,
     CriterionSpec,
@@ -64,6 +64,7 @@ from capl.sweep.grid import (
     _mapping,
     _ratios,
 )
+from capl.sweep.signals import stops_on_sigterm
 
 __all__ = [
     "SensitivityConfig",
@@ -237,7 +238,7 @@ def scan_layers(
         ConfigError: Patterns that match no prunable layer.
     """
     from capl.evaluation import accuracy_from_confusion, confusion_matrix
-    from capl.pruning import PruningConfig, apply_plan, make_plan, prunable_layers
+    from capl.pruning import PruningConfig, apply_plan, make_plan, select_scores
 
     network = copy.deepcopy(network).cpu().eval()
     example = torch.zeros(1, *input_shape)
@@ -254,11 +255,7 @@ def scan_layers(
             )
         units = chosen
 
-    scored = prunable_layers(network, criterion.granularity)
-    stats = (
-        criterion.collect(network, batches, scored, list(rows)) if criterion.requires_data else {}
-    )
-    scores = criterion.score(network, scored, stats)
+    scores = select_scores(criterion, network, batches, rows)
 
     def accuracy(net: nn.Module) -> float:
         return float(accuracy_from_confusion(confusion_matrix(net, eval_batches, rows))["accuracy"])
@@ -451,11 +448,7 @@ def _write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     return write_text_atomic(path, text.getvalue())
 
 
-def _instantiate(spec: Mapping[str, Any]) -> Any:
-    module, _, name = spec["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
-
-
+@stops_on_sigterm
 def run_sensitivity(config: SensitivityConfig, output: str | Path) -> SensitivityResult:
     """Run the scan described by a sensitivity YAML and write its outputs.
 
@@ -467,11 +460,38 @@ def run_sensitivity(config: SensitivityConfig, output: str | Path) -> Sensitivit
     """
     from lightning.pytorch import seed_everything
 
+    from capl.datamodules import ClassSubsetDataModule
     from capl.evaluation import target_rows
     from capl.models import build_network
+    from capl.strategies import Criterion
     from capl.sweep.runner import base_checkpoint
 
     output = Path(output)
+    # everything that can be wrong with the file is found before the base model is trained
+    preflight.prepare_output(output)
+    sections = {"trainer": config.trainer}
+    if config.base.train is not None:
+        sections["base.train.trainer"] = config.base.train.trainer
+    preflight.check_confined(sections, output)
+    base = config.base
+    preflight.check_base(
+        base.network, base.num_classes, base.small_input, base.checkpoint, base.trust_weights
+    )
+    criterion = preflight.instantiate(
+        {"class_path": config.criterion.class_path, "init_args": config.criterion.init_args},
+        Criterion,
+        "criterion",
+    )
+    data_spec = {
+        "class_path": config.data["class_path"],
+        "init_args": {**config.data["init_args"], "seed": config.seed},
+    }
+    datamodule = preflight.instantiate(data_spec, ClassSubsetDataModule, "data")
+    try:
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+    except ConfigError as err:
+        raise ConfigError(f"data: {err}") from None
     sweep_like = SweepConfig(
         base=config.base,
         data=config.data,
@@ -480,20 +500,12 @@ def run_sensitivity(config: SensitivityConfig, output: str | Path) -> Sensitivit
     )
     weights = base_checkpoint(sweep_like, output)
     seed_everything(config.seed, verbose=False)
-    data_spec = {
-        "class_path": config.data["class_path"],
-        "init_args": {**config.data["init_args"], "seed": config.seed},
-    }
-    datamodule = _instantiate(data_spec)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    num_classes = config.base.num_classes or datamodule.num_classes
-    head = list(range(num_classes)) if config.base.num_classes else list(datamodule.class_indices)
-    network = build_network(config.base.network, num_classes, config.base.small_input, weights)
-    rows = target_rows(head, datamodule.class_indices)
-    criterion = _instantiate(
-        {"class_path": config.criterion.class_path, "init_args": config.criterion.init_args}
+    num_classes = base.num_classes or datamodule.num_classes
+    head = list(range(num_classes)) if base.num_classes else list(datamodule.class_indices)
+    network = build_network(
+        base.network, num_classes, base.small_input, weights, trust_weights=base.trust_weights
     )
+    rows = target_rows(head, datamodule.class_indices)
     loader = datamodule.val_dataloader() if config.split == "val" else datamodule.test_dataloader()
     eval_batches = list(loader)
     base_accuracy, table = scan_layers(
