@@ -109,7 +109,7 @@ class BenchmarkCallback(Callback):
                     f"BenchmarkCallback output {output} is a folder: give a file path such as "
                     f"{Path(output) / BENCHMARK_FILE}"
                 )
-            check_writable(Path(output).parent, "BenchmarkCallback output")
+            check_writable(Path(output).parent, f"BenchmarkCallback output {output}: folder")
         self.output = output
         self.run_name = run_name
         self.exporter = exporter

@@ -6,15 +6,18 @@ name their classes by short name (``class_path: DigitsSubset``, ``class_path: Pr
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 
 import capl.callbacks
 import capl.datamodules
+from capl import preflight
 from capl.datamodules import ClassSubsetDataModule
-from capl.errors import find_config_error
+from capl.errors import ConfigError, find_config_error
 from capl.module import ImageClassifier
 from capl.run_dir import pin_run_folder
 
@@ -23,7 +26,68 @@ _REGISTERED = (capl.callbacks, capl.datamodules)  # imported for their subclasse
 
 
 class CaplCLI(LightningCLI):
-    """LightningCLI with capl's defaults: seed 0 and any DataModule subclass."""
+    """LightningCLI with capl's defaults: seed 0 and any DataModule subclass.
+
+    Checkpoints given as ``--ckpt_path`` are read with ``weights_only=True`` (they cannot run
+    code) unless ``model.trust_weights`` is true, and must hold the architecture the config
+    names. Output folders are checked before the run; a failed run leaves no empty log folder.
+    """
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """Parse as LightningCLI does, keeping the arguments to tell given from default values."""
+        self._args = list(sys.argv[1:]) if args is None else args
+        super().parse_arguments(parser, args)
+
+    def _explicit_model_settings(self) -> dict[str, Any]:
+        if not isinstance(self._args, list):  # a dict or Namespace of settings
+            return {}
+        try:
+            given = self.parser.parse_args(self._args, defaults=False)
+        except argparse.ArgumentError:  # parsed with defaults already: nothing to compare
+            return {}
+        model = given.get(self.config.subcommand, {}).get("model") or {}
+        return dict(model.items()) if hasattr(model, "items") else {}
+
+    def _trust_weights(self) -> bool:
+        section = self.config[self.config.subcommand] if self.config.get("subcommand") else {}
+        model = section.get("model") if section else None
+        return bool(model.get("trust_weights", False)) if model is not None else False
+
+    def _parse_ckpt_path(self) -> None:
+        """Adopt the checkpoint's hyperparameters, as Lightning does, after checking the file."""
+        if not self.config.get("subcommand"):
+            return
+        path = self.config[self.config.subcommand].get("ckpt_path")
+        if not preflight.is_checkpoint_file_path(path):
+            return
+        hparams = preflight.checkpoint_hyperparameters(
+            path, self._explicit_model_settings(), trusted=self._trust_weights()
+        )
+        if hparams:
+            update = {self.config.subcommand: {"model": hparams}}
+            self.config = self.parser.parse_object(update, self.config)
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        trusted = self._trust_weights()
+        if kwargs.get("weights_only") is False and not trusted:
+            raise ConfigError(
+                "--weights_only false unpickles the checkpoint fully, which can run code: set "
+                "model.trust_weights: true instead if you trust where the checkpoint comes from"
+            )
+        if "weights_only" in self._subcommand_method_arguments[subcommand]:
+            kwargs["weights_only"] = not trusted
+        return kwargs
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Check the outputs first; after a failure, remove log folders left empty."""
+        preflight.check_run_outputs(self.trainer)
+        created = preflight.log_dirs(self.trainer) if self.trainer.is_global_zero else {}
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            preflight.remove_empty_log_dirs(created)
+            raise
 
     def before_instantiate_classes(self) -> None:
         """Stable run folders: SLURM job versions, requeue checkpoints in the run folder."""
@@ -40,20 +104,30 @@ def main(args: Sequence[str] | None = None) -> CaplCLI | None:
     Returns:
         The CLI object (tests inspect its trainer and model), or ``None`` after a user error.
     """
+    argv = None if args is None else list(args)
     try:
+        preflight.check_config_files(sys.argv[1:] if argv is None else argv)
         return CaplCLI(
             ImageClassifier,
             ClassSubsetDataModule,
             subclass_mode_data=True,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
-            args=None if args is None else list(args),
+            # the model's own optimizer/lr_scheduler stay; top-level ones would train nothing
+            auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False},
+            args=argv,
         )
     except Exception as err:
         config_error = find_config_error(err)
-        if config_error is None:
+        if config_error is not None:
+            message = str(config_error)
+        elif isinstance(err, argparse.ArgumentError):
+            subcommand = next((a for a in argv or sys.argv[1:] if not a.startswith("-")), None)
+            message = preflight.summarise_parse_error(str(err), subcommand)
+        else:
             raise
-        sys.stderr.write(f"capl: error: {config_error}\n")
+        sys.stderr.write(f"capl: error: {message}\n")
         raise SystemExit(2) from None
 
 

@@ -178,9 +178,11 @@ def load_weights_file(net: nn.Module, path: str, trusted: bool = False) -> None:
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[1:2] or [str(err)]
+        first = (str(err).strip().splitlines()[1:2] or [str(err)])[0].strip()
+        if len(first) > 160:  # a list of every missing key says no more than its start
+            first = first[:157] + "..."
         raise ConfigError(
-            f"weights in {path} do not match this network ({first[0].strip()}): check network, "
+            f"weights in {path} do not match this network ({first}): check network, "
             "num_classes and small_input"
         ) from None
 

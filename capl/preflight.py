@@ -190,8 +190,8 @@ def checkpoint_hyperparameters(
         if key in explicit and theirs is not None and explicit[key] != theirs:
             raise ConfigError(
                 f"checkpoint {path} holds model.{key}: {theirs} but the config sets "
-                f"model.{key}: {explicit[key]}: set model.{key}: {theirs} or pass a checkpoint "
-                f"of a {explicit[key]} model"
+                f"model.{key}: {explicit[key]}: set model.{key}: {theirs} to match it, or pass "
+                f"a checkpoint made with model.{key}: {explicit[key]}"
             )
     return hparams
 

@@ -340,7 +340,11 @@ def test_lrp_fast_rules_equal_zennit_reference(arch: str, monkeypatch: pytest.Mo
     fast = LRP().collect(net, [(x, y)], layers, ROWS)
     # zennit's own rules: AlphaBeta(1, 0) with its beta terms, two-term ZPlus
     monkeypatch.setattr(lrp_module, "_ZPlus", ZPlus)
-    monkeypatch.setattr(lrp_module, "_alpha_beta", lambda alpha, beta: AlphaBeta(alpha, beta))
+    monkeypatch.setattr(
+        lrp_module,
+        "_alpha_beta",
+        lambda alpha, beta, zero_params=None: AlphaBeta(alpha, beta, zero_params=zero_params),
+    )
     reference = LRP().collect(net, [(x, y)], layers, ROWS)
     assert fast.keys() == reference.keys()
     for key in reference:

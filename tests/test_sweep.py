@@ -71,7 +71,8 @@ def serial(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     config = load_sweep_config(cfg_path)
     out = folder / "out"
     run = run_sweep(config, out, plots=False)
-    base = json.loads(next((out / "base").glob("*/base.json")).read_text())["checkpoint"]
+    # records hold paths relative to the sweep folder
+    base = str(out / json.loads(next((out / "base").glob("*/base.json")).read_text())["checkpoint"])
     return {"config": config, "out": out, "run": run, "base": base, "path": cfg_path}
 
 

@@ -47,7 +47,8 @@ class LRP(Criterion):
 
     - ``"zplus"`` (plain conv nets such as VGG16 without BN): LRP-z+ for every Conv2d and Linear,
       average pooling by the epsilon-like ``Norm`` rule, max pooling winner-take-all (gradient),
-      activations pass relevance through. Relevance is conserved (no bias absorbs it).
+      activations pass relevance through. BatchNorms that follow a conv, should the network have
+      any, are folded into it first (as in ``"composite"``), so z+ sees the conv+BN it explains.
     - ``"composite"`` (BN and/or residual nets: ResNet, VGG16-BN, MobileNetV3, EfficientNet):
       BatchNorms folded into the preceding convs (zennit canonizers), alpha1-beta0 for convs,
       z-beta (``ZBox``, bounds from the input normalisation ``mean``/``std`` of pixels in [0, 1])
@@ -58,6 +59,12 @@ class LRP(Criterion):
       (zennit's ``Pass``). The squeeze-excitation product ``scale * x`` splits relevance equally
       between the feature path and the gate path (conservative, and the SE convs get relevance);
       dropout and stochastic depth are identities in eval mode.
+
+    Biases: with ``zero_params="bias"`` (the default, as the reference implementation of the
+    paper does) every rule ignores the layers' biases, including those a folded BatchNorm
+    leaves, so no bias absorbs relevance and the z+ rules conserve it layer by layer.
+    ``zero_params=None`` is zennit's default: positive biases then take a share of the relevance
+    (z+, alpha-beta), and scores of layers with large biases shrink.
 
     The rules' stabilisers are absolute (``epsilon`` and zennit's 1e-6), so on an *untrained*
     network whose activations shrink to ~1e-10 (randomly initialised MobileNetV3 with identity BN
@@ -73,6 +80,11 @@ class LRP(Criterion):
         epsilon: Stabiliser of the epsilon rule for Linear layers.
         init: Initial relevance at the target logit: its value (``"logit"``, LRP's definition) or
             ``"one"`` (every image counts equally, whatever its logit).
+        zero_params: ``"bias"`` (default): the rules ignore biases (see above); ``None``: biases
+            take part as in zennit's defaults.
+        aggregate: How a filter's relevance is summed over positions and images: ``"signed"``
+            (default, the paper's filter relevance; negative evidence lowers the score) or
+            ``"abs"`` (sum of ``|R|``, as the reference implementation's ResNet path does).
 
     Stats: ``"<layer>/relevance"`` (float64 ``[C]``) and ``"images"`` (int64 scalar).
     """
@@ -89,6 +101,8 @@ class LRP(Criterion):
         std: Sequence[float] = IMAGENET_STD,
         epsilon: float = 1e-6,
         init: Literal["logit", "one"] = "logit",
+        zero_params: Literal["bias"] | None = "bias",
+        aggregate: Literal["signed", "abs"] = "signed",
     ) -> None:
         if rules not in ("auto", "zplus", "composite"):
             raise ValueError(f"LRP rules must be auto, zplus or composite, got {rules!r}")
@@ -96,6 +110,12 @@ class LRP(Criterion):
             raise ValueError(f"LRP init must be logit or one, got {init!r}")
         if len(mean) != len(std) or any(s <= 0 for s in std):
             raise ValueError("LRP mean and std need the same length and std > 0")
+        if zero_params not in ("bias", None):
+            raise ValueError(f"LRP zero_params must be bias or null, got {zero_params!r}")
+        if aggregate not in ("signed", "abs"):
+            raise ValueError(f"LRP aggregate must be signed or abs, got {aggregate!r}")
+        self.zero_params = zero_params
+        self.aggregate = aggregate
         self.rules = rules
         self.mean = [float(m) for m in mean]
         self.std = [float(s) for s in std]
@@ -111,15 +131,21 @@ class LRP(Criterion):
 
     def composite(self, model: nn.Module) -> Composite:
         """The zennit composite (rules and canonizers) for ``model``."""
+        zero = self.zero_params
         if self.rule_set(model) == "zplus":
             return LayerMapComposite(
                 layer_map=[
                     (Activation, Pass()),
                     (AvgPool, Norm()),
-                    (Convolution, _ZPlus()),
-                    (LinearType, _ZPlus()),
+                    (BatchNorm, Pass()),  # identities once folded
+                    (Convolution, _ZPlus(zero_params=zero)),
+                    (LinearType, _ZPlus(zero_params=zero)),
                 ],
-                canonizers=[_ResidualSumCanonizer(), _SqueezeExcitationCanonizer()],
+                canonizers=[
+                    SequentialMergeBatchNorm(),
+                    _ResidualSumCanonizer(),
+                    _SqueezeExcitationCanonizer(),
+                ],
             )
         first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
         if first.in_channels == len(self.mean):
@@ -143,10 +169,10 @@ class LRP(Criterion):
                 (Sum, Norm()),
                 (AvgPool, Norm()),
                 (BatchNorm, Pass()),
-                (Convolution, _alpha_beta(alpha=1.0, beta=0.0)),
-                (LinearType, Epsilon(epsilon=self.epsilon)),
+                (Convolution, _alpha_beta(alpha=1.0, beta=0.0, zero_params=zero)),
+                (LinearType, Epsilon(epsilon=self.epsilon, zero_params=zero)),
             ],
-            first_map=[(Convolution, ZBox(low=low, high=high))],
+            first_map=[(Convolution, ZBox(low=low, high=high, zero_params=zero))],
             canonizers=canonizers,
         )
 
@@ -185,6 +211,8 @@ class LRP(Criterion):
                 )
                 for name, relevance in zip(names, grads):
                     if relevance is not None:
+                        if self.aggregate == "abs":
+                            relevance = relevance.abs()
                         stats[f"{name}/relevance"] += relevance.sum(
                             dim=(0, 2, 3), dtype=torch.float64
                         )
@@ -288,7 +316,7 @@ class _ZPlus(ZPlus):
         return tuple(relevance if g.shape == relevance.shape else None for g in grad_input)
 
 
-def _alpha_beta(alpha: float, beta: float) -> AlphaBeta | ZPlus:
+def _alpha_beta(alpha: float, beta: float, zero_params: str | None = None) -> AlphaBeta | ZPlus:
     """The alpha-beta rule; Z+ (:class:`_ZPlus`) when ``alpha == 1`` and ``beta == 0``.
 
     zennit's ``ZPlus`` is ``AlphaBeta(alpha=1, beta=0)`` term for term (same modified inputs and
@@ -296,5 +324,5 @@ def _alpha_beta(alpha: float, beta: float) -> AlphaBeta | ZPlus:
     passes ``AlphaBeta`` still runs only to multiply them by zero.
     """
     if beta == 0 and alpha == 1:
-        return _ZPlus()
-    return AlphaBeta(alpha=alpha, beta=beta)
+        return _ZPlus(zero_params=zero_params)
+    return AlphaBeta(alpha=alpha, beta=beta, zero_params=zero_params)

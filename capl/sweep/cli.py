@@ -193,7 +193,10 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("folder", type=Path, help="sweep output folder holding results.csv")
     parser.add_argument("--no-plots", action="store_true", help="write report.md only")
     args = parser.parse_args(None if argv is None else list(argv))
+    from capl.io import remove_stale_temp_files
+
     try:
+        remove_stale_temp_files(args.folder, recursive=False)
         written = write_report(args.folder, plots=not args.no_plots)
     except (FileNotFoundError, ValueError, csv.Error) as err:
         _fail("capl-report", err)
