@@ -34,6 +34,7 @@ from capl.io import check_writable, write_json_atomic
 from capl.models import build_network
 from capl.module import ImageClassifier
 from capl.pruning import make_masks_permanent
+from capl.pruning.latency_table import latency_prediction
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,8 @@ class BenchmarkCallback(Callback):
             "before": blocks["before"],
             "after": blocks["after"],
             "realised": realised(blocks["before"], blocks["after"]),
+            # a plan made with a latency table: its predicted speed-up next to the measured one
+            "latency_prediction": latency_prediction(plan, blocks["before"], blocks["after"]),
             "per_layer": per_layer_diff(base, after_net),
             "timings_s": {
                 "selection": timings.get("selection", 0.0),

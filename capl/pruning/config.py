@@ -11,11 +11,11 @@ import torch
 from capl.errors import ConfigError
 
 Scope = Literal["layer", "global"]
-Target = Literal["macs", "params"]
+Target = Literal["macs", "params", "latency"]
 RoundTo = int | Literal["auto"] | None
 
 _SCOPES = ("layer", "global")
-_TARGETS = (None, "macs", "params")
+_TARGETS = (None, "macs", "params", "latency")
 
 
 @dataclass
@@ -28,9 +28,11 @@ class PruningConfig:
             the fraction of the whole network's MACs or parameters to remove.
         scope: ``"layer"`` removes ``ratio`` of every prunable group (layer); ``"global"`` ranks
             all units across layers after the criterion's per-layer normalisation.
-        target: ``None``, ``"macs"`` or ``"params"``: search the per-layer ratio (layer scope) or
-            the global threshold (global scope) until the realised reduction of the whole
-            network's MACs / parameters reaches ``ratio``. Compares criteria at equal budget.
+        target: ``None``, ``"macs"``, ``"params"`` or ``"latency"``: search the per-layer ratio
+            (layer scope) or the global threshold (global scope) until the realised reduction of
+            the whole network's MACs / parameters, or its latency predicted from a measured
+            per-layer table (:mod:`capl.pruning.latency_table`; structured criteria only),
+            reaches ``ratio``. Compares criteria at equal budget.
         ignore: ``fnmatch`` patterns of module names never pruned (a group is kept whole when
             any member matches). Every pattern must match some module.
         skip_first: The first N convolutions in forward order are not pruned.
@@ -69,7 +71,7 @@ class PruningConfig:
             raise ConfigError(f"unknown pruning scope {self.scope!r}: choose one of layer, global")
         if self.target not in _TARGETS:
             raise ConfigError(
-                f"unknown pruning target {self.target!r}: choose null, macs or params"
+                f"unknown pruning target {self.target!r}: choose null, macs, params or latency"
             )
         if isinstance(self.ignore, str) or not all(isinstance(p, str) for p in self.ignore):
             raise ConfigError(

@@ -28,6 +28,7 @@ from capl.errors import ConfigError
 from capl.models import cut_head, find_classifier
 from capl.pruning._threads import single_threaded
 from capl.pruning.config import PruningConfig
+from capl.pruning.latency_table import LatencyTable, kept_widths
 from capl.pruning.report import pruning_report
 from capl.pruning.structure import OUT, ChannelGroup, Structure, analyse, out_channel_fn, trace
 from capl.strategies.base import Criterion, model_device
@@ -161,6 +162,7 @@ def make_plan(
     example_input: Tensor,
     head_rows: Sequence[int] | None = None,
     network: str | None = None,
+    latency: LatencyTable | None = None,
 ) -> PruningPlan:
     """Decide what to remove.
 
@@ -176,6 +178,9 @@ def make_plan(
         example_input: A batch of the network's input shape (tracing uses the first sample).
         head_rows: Classifier rows to keep after pruning (class-subset head), or ``None``.
         network: Architecture name recorded in the plan (default: the model's class name).
+        latency: The network's measured :class:`~capl.pruning.latency_table.LatencyTable`
+            (needed by ``target: latency``); with it, structured plans record their predicted
+            latency in ``report.selection``.
 
     Returns:
         The plan, with its realised report.
@@ -194,11 +199,22 @@ def make_plan(
     round_to = config.resolved_round_to(
         model_device(model), torch.float32 if param is None else param.dtype
     )
+    if config.target == "latency" and latency is None:
+        raise ConfigError(
+            "target latency needs the network's latency table: give PruningCallback a latency "
+            "spec (backend, batch_size, threads, cache) or pass make_plan(latency=...)"
+        )
     if criterion.granularity == "filter":
         problem: _Problem = _FilterProblem(
-            structure, scores, criterion.normalization, config, excluded, head_cut, round_to
-        )
+            structure, scores, criterion.normalization, config, excluded, head_cut, round_to,
+            latency,
+        )  # fmt: skip
     elif criterion.granularity in ("weight", "kernel"):
+        if config.target == "latency":
+            raise ConfigError(
+                f"target latency needs physically removed channels, but {type(criterion).__name__}"
+                f" masks {criterion.granularity}s: use a filter criterion or target macs / params"
+            )
         round_to = None
         if isinstance(config.round_to, int):  # an explicit multiple, not the default auto
             log.warning(
@@ -245,6 +261,7 @@ def make_plan(
         "round_to": round_to,
         "estimated_macs_removed_fraction": estimate["macs"],
         "estimated_params_removed_fraction": estimate["params"],
+        **_predicted_latency(problem, estimate),
     }
     log.info(
         "pruning plan %s/%s ratio %.3f: removed %.1f%% channels, %.1f%% params, %.1f%% MACs "
@@ -256,6 +273,20 @@ def make_plan(
         100 * plan.report["weights_removed_fraction"],
     )  # fmt: skip
     return plan
+
+
+def _predicted_latency(problem: _Problem, estimate: dict[str, float]) -> dict[str, Any]:
+    """``report.selection`` entries of a plan made with a latency table (else none)."""
+    table = getattr(problem, "latency", None)
+    if table is None or "latency" not in estimate:
+        return {}
+    base = problem.latency_base  # type: ignore[attr-defined]
+    return {
+        "estimated_latency_removed_fraction": estimate["latency"],
+        "predicted_base_latency_ms": base,
+        "predicted_latency_ms": base * (1 - estimate["latency"]),
+        "latency_table": {k: table.settings[k] for k in ("backend", "batch_size", "threads")},
+    }
 
 
 def _check_head_rows(rows: Sequence[int] | None, outputs: int) -> list[int] | None:
@@ -405,10 +436,13 @@ class _FilterProblem(_Problem):
         excluded: set[str],
         head_cut: int,
         round_to: int | None = None,
+        latency: LatencyTable | None = None,
     ) -> None:
         self.structure = structure
         self.config = config
         self.round_to = round_to  # resolved (round_to: auto depends on the device)
+        self.latency = latency
+        self.latency_base = 0.0 if latency is None else latency.predict(kept_widths(structure, {}))
         self.head = {(structure.classifier, OUT): head_cut} if head_cut else {}
         self.macs0, self.params0 = structure.totals()
         _check_names(scores, structure)
@@ -505,11 +539,15 @@ class _FilterProblem(_Problem):
                 removed[key] = removed.get(key, 0) + step
         macs, params = self.structure.cost(removed)
         filters = float((self.filters * torch.tensor(counts, dtype=torch.float64)).sum())
-        return {
+        out = {
             "units": filters / self.total_filters if self.total_filters else 0.0,
             "macs": 1 - macs / self.macs0,
             "params": 1 - params / self.params0,
         }
+        if self.latency is not None:
+            predicted = self.latency.predict(kept_widths(self.structure, removed))
+            out["latency"] = 1 - predicted / self.latency_base
+        return out
 
     def fill(self, plan: PruningPlan, counts: list[int]) -> None:
         for g, order, n in zip(self.groups, self.orders, counts):
