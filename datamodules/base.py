@@ -182,10 +182,14 @@ class ClassSubsetDataModule(LightningDataModule):
     std: ClassVar[tuple[float, ...]] = (0.5, 0.5, 0.5)
     allow_flip: ClassVar[bool] = True
     named_subsets: ClassVar[dict[str, list[int | str]]] = {}
+    #: Whether ``root`` must name a folder (False for data bundled with a package).
+    needs_root: ClassVar[bool] = True
+    #: Why ``download: true`` cannot work for this dataset (None: it can).
+    download_refusal: ClassVar[str | None] = None
 
     def __init__(
         self,
-        root: str,
+        root: str = "",
         classes: list[int | str] | str | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
@@ -202,6 +206,10 @@ class ClassSubsetDataModule(LightningDataModule):
         if not isinstance(root, str | os.PathLike):
             raise ConfigError(f"root must be a path string, got {root!r}")
         self.root = os.fspath(root)
+        if self.needs_root and not self.root:
+            raise ConfigError(
+                f"{self.title} needs root: the folder holding the dataset (data.init_args.root)"
+            )
         self.batch_size = self._check_int("batch_size", batch_size, minimum=1)
         self.num_workers = self._check_int("num_workers", num_workers, minimum=0)
         self.samples_per_class = (
@@ -238,6 +246,8 @@ class ClassSubsetDataModule(LightningDataModule):
         self.seed = self._check_int("seed", seed, minimum=0)
         if not isinstance(download, bool):
             raise ConfigError(f"download must be true or false, got {download!r}")
+        if download and self.download_refusal:
+            raise ConfigError(self.download_refusal)
         self.download = download
 
         self._all_class_names = list(self.all_class_names())

@@ -71,35 +71,7 @@ class DigitsSubset(ClassSubsetDataModule):
     std = (0.3760, 0.3760, 0.3760)
     allow_flip = False
 
-    def __init__(
-        self,
-        root: str = "",
-        classes: list[int | str] | str | None = None,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        samples_per_class: int | None = None,
-        val_fraction: float = 0.1,
-        calibration_samples_per_class: int = 16,
-        image_size: int | None = None,
-        augment: bool = False,
-        seed: int = 0,
-        download: bool = False,
-        test_samples_per_class: int | None = None,
-    ) -> None:
-        super().__init__(
-            root=root,
-            classes=classes,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            samples_per_class=samples_per_class,
-            val_fraction=val_fraction,
-            calibration_samples_per_class=calibration_samples_per_class,
-            image_size=image_size,
-            augment=augment,
-            seed=seed,
-            download=download,
-            test_samples_per_class=test_samples_per_class,
-        )
+    needs_root = False
 
     @classmethod
     def all_class_names(cls) -> list[str]:
