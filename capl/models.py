@@ -10,6 +10,14 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
+from capl.architectures import (
+    TORCHVISION_CNNS,
+    TORCHVISION_TRANSFORMERS,
+    aux_head_types,
+    builder_kwargs,
+    small_input_stem,
+    transformer_error,
+)
 from capl.checkpoints import load_checkpoint, state_dict_of
 from capl.errors import ConfigError
 
@@ -17,20 +25,7 @@ log = logging.getLogger(__name__)
 
 CIFAR_RESNETS: dict[str, int] = {"resnet20": 20, "resnet32": 32, "resnet56": 56}
 
-SUPPORTED_NETWORKS: tuple[str, ...] = (
-    *CIFAR_RESNETS,
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "vgg11",
-    "vgg11_bn",
-    "vgg16",
-    "vgg16_bn",
-    "mobilenet_v2",
-    "mobilenet_v3_small",
-    "mobilenet_v3_large",
-    "efficientnet_b0",
-)
+SUPPORTED_NETWORKS: tuple[str, ...] = (*CIFAR_RESNETS, *TORCHVISION_CNNS)
 
 IMAGENET_CLASSES = 1000
 
@@ -45,10 +40,13 @@ def build_network(
     """Build a torchvision classification network.
 
     Args:
-        name: Architecture name, one of :data:`SUPPORTED_NETWORKS`.
-        num_classes: Number of output rows of the classifier.
-        small_input: Adapt the stem to 8-32 pixel images: ResNets get a 3x3 stride-1 first conv and
-            no max-pool; MobileNets and EfficientNets a stride-1 first conv; VGGs ceil-mode pools,
+        name: Architecture name, one of :data:`SUPPORTED_NETWORKS`: the CIFAR ResNets and every
+            torchvision classification CNN (``torchvision.models.list_models`` without the
+            vision transformers).
+        num_classes: Number of output rows of the classifier (and of any auxiliary head).
+        small_input: Adapt the stem to 8-32 pixel images
+            (:func:`capl.architectures.small_input_stem`): a stride-1 first conv (3x3 where
+            the kernel is large or a patchify one) and no stem max-pool; VGGs ceil-mode pools,
             a global average pool and a 512-wide classifier.
         weights: ``None`` (random init), a torchvision weights name (``"DEFAULT"``,
             ``"IMAGENET1K_V1"`` or ``"ResNet18_Weights.IMAGENET1K_V1"``), or the path of a local
@@ -60,8 +58,11 @@ def build_network(
         The network, in train mode.
 
     Raises:
-        ConfigError: Unknown architecture, unavailable weights, or a checkpoint that does not fit.
+        ConfigError: Unknown architecture, a vision transformer, unavailable weights, or a
+            checkpoint that does not fit.
     """
+    if name in TORCHVISION_TRANSFORMERS:
+        raise transformer_error(name)
     if name not in SUPPORTED_NETWORKS:
         raise ConfigError(
             f"unknown network {name!r}: choose one of {', '.join(SUPPORTED_NETWORKS)}"
@@ -78,14 +79,17 @@ def build_network(
     )
     hub_weights = None if weights is None or local else _torchvision_weights(name, weights)
     net = tvm.get_model(
-        name, weights=None, num_classes=IMAGENET_CLASSES if hub_weights else num_classes
+        name,
+        weights=None,
+        num_classes=IMAGENET_CLASSES if hub_weights else num_classes,
+        **builder_kwargs(name, pretrained=hub_weights is not None),
     )
     if hub_weights is not None:
         net.load_state_dict(_download_state_dict(name, hub_weights))
         if num_classes != IMAGENET_CLASSES:
             _replace_classifier(net, num_classes)
     if small_input:
-        _small_input_stem(name, net)
+        small_input_stem(name, net)
     if local:
         load_weights_file(net, weights, trust_weights)
     return net
@@ -187,58 +191,117 @@ def load_weights_file(net: nn.Module, path: str, trusted: bool = False) -> None:
         ) from None
 
 
-def _small_input_stem(name: str, net: nn.Module) -> None:
-    if name.startswith("resnet"):
-        net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, stride=1, padding=1, bias=False)
-        net.maxpool = nn.Identity()
-    elif name.startswith("vgg"):
-        for i, layer in enumerate(net.features):
-            if isinstance(layer, nn.MaxPool2d):
-                # ceil_mode keeps 1x1 maps at 1x1, so 8x8 inputs survive all five pools
-                net.features[i] = nn.MaxPool2d(2, 2, ceil_mode=True)
-        net.avgpool = nn.AdaptiveAvgPool2d(1)
-        out = net.classifier[-1].out_features
-        net.classifier = nn.Sequential(
-            nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(0.5),
-            nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(0.5),
-            nn.Linear(512, out),
-        )  # fmt: skip
-    else:  # mobilenet_*, efficientnet_*: first ConvBNActivation
-        net.features[0][0].stride = (1, 1)
-
-
 def _replace_classifier(net: nn.Module, num_classes: int) -> None:
-    name, old = find_classifier(net)
-    net.set_submodule(name, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+    for name in (find_classifier(net)[0], *aux_classifiers(net)):
+        net.set_submodule(name, _with_rows(net.get_submodule(name), num_classes, None))
 
 
-def find_classifier(net: nn.Module) -> tuple[str, nn.Linear]:
-    """Return the qualified name and module of the network's final ``nn.Linear``."""
-    found = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
-    if not found:
-        raise ConfigError(f"{type(net).__name__} has no nn.Linear classifier to evaluate or cut")
-    return found[-1]
+def find_classifier(net: nn.Module) -> tuple[str, nn.Linear | nn.Conv2d]:
+    """Return the qualified name and module of the network's classifier.
+
+    The classifier is the last registered ``nn.Linear`` / ``nn.Conv2d`` outside auxiliary heads
+    when that is a Linear or a 1x1 convolution producing the logits (SqueezeNet); otherwise the
+    last Linear.
+
+    Raises:
+        ConfigError: The network has neither.
+    """
+    aux = _aux_head_names(net)
+    layers = [
+        (n, m)
+        for n, m in net.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and not _inside(n, aux)
+    ]
+    if layers and _is_head(layers[-1][1]):
+        return layers[-1]
+    linears = [(n, m) for n, m in layers if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(
+            f"{type(net).__name__} has no classifier to evaluate or cut: its last layer must be "
+            "an nn.Linear or a 1x1 nn.Conv2d producing the logits"
+        )
+    return linears[-1]
+
+
+def _is_head(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    return module.kernel_size == (1, 1) and module.groups == 1
+
+
+def _aux_head_names(net: nn.Module) -> list[str]:
+    types = aux_head_types()
+    return [n for n, m in net.named_modules() if n and isinstance(m, types)]
+
+
+def _inside(name: str, prefixes: list[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def aux_heads(net: nn.Module) -> list[str]:
+    """Names of the auxiliary heads (GoogLeNet's ``aux1``/``aux2``, Inception's ``AuxLogits``).
+
+    They run only in training mode and add logits of their own; pruning adapts their inputs,
+    keeps their insides, and :func:`cut_head` cuts their classifiers too.
+    """
+    return _aux_head_names(net)
+
+
+def aux_classifiers(net: nn.Module) -> list[str]:
+    """Qualified names of the auxiliary heads' classifiers (each head's last Linear)."""
+    out = []
+    for head in _aux_head_names(net):
+        linears = [
+            n for n, m in net.get_submodule(head).named_modules() if isinstance(m, nn.Linear)
+        ]
+        if linears:
+            out.append(f"{head}.{linears[-1]}")
+    return out
+
+
+def head_outputs(module: nn.Module) -> int:
+    """Output rows (logits) of a classifier from :func:`find_classifier`."""
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+def _with_rows(old: nn.Module, count: int, rows: list[int] | None) -> nn.Module:
+    """A copy of classifier ``old`` with ``count`` outputs: ``rows`` copied, or fresh init."""
+    if isinstance(old, nn.Linear):
+        new: nn.Module = nn.Linear(old.in_features, count, bias=old.bias is not None)
+    else:
+        new = nn.Conv2d(
+            old.in_channels, count, old.kernel_size, old.stride, old.padding, old.dilation,
+            bias=old.bias is not None,
+        )  # fmt: skip
+    new = new.to(old.weight)
+    if rows is not None:
+        index = torch.tensor(rows, device=old.weight.device)
+        with torch.no_grad():
+            new.weight.copy_(old.weight.index_select(0, index))
+            if old.bias is not None:
+                new.bias.copy_(old.bias.index_select(0, index))
+    return new
 
 
 def cut_head(net: nn.Module, rows: list[int]) -> None:
     """Replace the classifier by one holding only ``rows`` of it (copied, not re-initialised).
 
-    The cut network's k-way logits equal the original network's logits at ``rows``.
+    The cut network's k-way logits equal the original network's logits at ``rows``. Auxiliary
+    heads' classifiers with as many outputs are cut to the same rows, so their training losses
+    stay on the selected classes.
 
     Args:
-        net: Network whose final Linear is cut in place.
+        net: Network whose classifier (a Linear or a 1x1 conv) is cut in place.
         rows: Row indices of the current classifier to keep, in output order.
     """
     name, old = find_classifier(net)
-    if not rows or len(set(rows)) != len(rows) or not all(0 <= r < old.out_features for r in rows):
+    outputs = head_outputs(old)
+    if not rows or len(set(rows)) != len(rows) or not all(0 <= r < outputs for r in rows):
         raise ConfigError(
-            f"head rows {rows} are invalid for a classifier with {old.out_features} outputs: "
+            f"head rows {rows} are invalid for a classifier with {outputs} outputs: "
             "give distinct indices in range"
         )
-    new = nn.Linear(old.in_features, len(rows), bias=old.bias is not None).to(old.weight)
-    index = torch.tensor(rows, device=old.weight.device)
-    with torch.no_grad():
-        new.weight.copy_(old.weight.index_select(0, index))
-        if old.bias is not None:
-            new.bias.copy_(old.bias.index_select(0, index))
-    net.set_submodule(name, new)
+    for head in (name, *aux_classifiers(net)):
+        module = net.get_submodule(head)
+        if head_outputs(module) == outputs:
+            net.set_submodule(head, _with_rows(module, len(rows), rows))
