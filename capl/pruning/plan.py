@@ -20,17 +20,20 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch_pruning as tp
 from torch import Tensor, nn
 from torch.nn.utils import prune
+from torch_pruning import _helpers as tp_helpers
 
 from capl.benchmark import masked_tensors
 from capl.errors import ConfigError
-from capl.models import cut_head, find_classifier
+from capl.models import aux_heads, cut_head, find_classifier, head_outputs
 from capl.pruning._threads import single_threaded
 from capl.pruning.config import PruningConfig
 from capl.pruning.latency_table import LatencyTable, kept_widths
 from capl.pruning.report import pruning_report
-from capl.pruning.structure import OUT, ChannelGroup, Structure, analyse, out_channel_fn, trace
+from capl.pruning.structure import ChannelGroup, Structure, analyse
+from capl.pruning.tracing import blocked_reason, out_channel_fn, static_index_maps, trace
 from capl.strategies.base import Criterion, model_device
 
 log = logging.getLogger(__name__)
@@ -142,11 +145,17 @@ def prunable_layers(model: nn.Module, granularity: str = "filter") -> dict[str, 
     """The layers a criterion should score for ``granularity``.
 
     ``filter`` and ``kernel``: every Conv2d. ``weight``: every Conv2d and Linear except the
-    classifier (its rows are the classes; a class-subset head cuts them instead).
+    classifier (its rows are the classes; a class-subset head cuts them instead). Layers inside
+    auxiliary heads are left out: they run only in training and pruning keeps them.
     """
     classifier, _ = find_classifier(model)
+    heads = tuple(f"{h}." for h in aux_heads(model))
     types = (nn.Conv2d, nn.Linear) if granularity == "weight" else (nn.Conv2d,)
-    return {n: m for n, m in model.named_modules() if isinstance(m, types) and n != classifier}
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, types) and n != classifier and not (heads and n.startswith(heads))
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,9 +201,9 @@ def make_plan(
     """
     structure = analyse(model, example_input)
     classifier = model.get_submodule(structure.classifier)
-    rows = _check_head_rows(head_rows, classifier.out_features)
+    rows = _check_head_rows(head_rows, head_outputs(classifier))
     excluded = _excluded(structure, config)
-    head_cut = 0 if rows is None else classifier.out_features - len(rows)
+    head_cut = 0 if rows is None else head_outputs(classifier) - len(rows)
     param = next(model.parameters(), None)
     round_to = config.resolved_round_to(
         model_device(model), torch.float32 if param is None else param.dtype
@@ -262,6 +271,7 @@ def make_plan(
         "estimated_macs_removed_fraction": estimate["macs"],
         "estimated_params_removed_fraction": estimate["params"],
         **_predicted_latency(problem, estimate),
+        "renormalised": _renormalised(structure, plan),
     }
     log.info(
         "pruning plan %s/%s ratio %.3f: removed %.1f%% channels, %.1f%% params, %.1f%% MACs "
@@ -273,6 +283,20 @@ def make_plan(
         100 * plan.report["weights_removed_fraction"],
     )  # fmt: skip
     return plan
+
+
+def _renormalised(structure: Structure, plan: PruningPlan) -> list[str]:
+    """LayerNorms / GroupNorms whose channels the plan removes (logged: not a zeroing)."""
+    keys = {key for key, _ in plan.removed}
+    names = sorted({n for g in structure.groups if g.key in keys for n in g.renormalised})
+    if names:
+        log.warning(
+            "pruning removes channels that %d normalisation layers (%s, ...) normalise over: "
+            "their statistics now come from the kept channels only, so the pruned network is "
+            "not the original with those channels zeroed; retrain or fine-tune after pruning",
+            len(names), names[0],
+        )  # fmt: skip
+    return names
 
 
 def _predicted_latency(problem: _Problem, estimate: dict[str, float]) -> dict[str, Any]:
@@ -443,7 +467,7 @@ class _FilterProblem(_Problem):
         self.round_to = round_to  # resolved (round_to: auto depends on the device)
         self.latency = latency
         self.latency_base = 0.0 if latency is None else latency.predict(kept_widths(structure, {}))
-        self.head = {(structure.classifier, OUT): head_cut} if head_cut else {}
+        self.head = structure.head_removed(head_cut)
         self.macs0, self.params0 = structure.totals()
         _check_names(scores, structure)
         normalised: dict[str, Tensor] = {}
@@ -468,6 +492,9 @@ class _FilterProblem(_Problem):
             score = _group_score(group, normalised)
             if score is None:
                 continue
+            # removal units: single channels, or the channels a grouped conv ties together
+            if group.units is not None:
+                score = score[group.units].mean(1)
             order = torch.sort(score, stable=True).indices
             self.groups.append(group)
             self.orders.append(order)
@@ -475,7 +502,8 @@ class _FilterProblem(_Problem):
             items: list[tuple[tuple[str, str], int | Tensor]] = []
             for layer, dim, mult in group.items:
                 if isinstance(mult, Tensor):
-                    cum = torch.cat([mult.new_zeros(1), mult[order].cumsum(0)])
+                    per_unit = mult if group.units is None else mult[group.units].sum(1)
+                    cum = torch.cat([mult.new_zeros(1), per_unit[order].cumsum(0)])
                     items.append(((layer, dim), cum))
                 else:
                     items.append(((layer, dim), mult))
@@ -487,11 +515,12 @@ class _FilterProblem(_Problem):
         if config.scope == "global" and self.groups:
             flat = torch.cat(group_scores)
             gid = torch.cat(
-                [torch.full((g.channels,), i, dtype=torch.long) for i, g in enumerate(self.groups)]
+                [torch.full((len(s),), i, dtype=torch.long) for i, s in enumerate(group_scores)]
             )
             sorted_gid = gid[torch.sort(flat, stable=True).indices]
             self.sorted_gid = sorted_gid
-            self.cum_filters = self.filters[sorted_gid].cumsum(0)
+            units = torch.tensor([g.unit for g in self.groups], dtype=torch.float64)
+            self.cum_filters = (self.filters * units)[sorted_gid].cumsum(0)
         if config.ratio > 0 and not self.groups:
             raise ConfigError(
                 "no prunable channel group left (all ignored, skipped or unscored): relax "
@@ -501,22 +530,28 @@ class _FilterProblem(_Problem):
     def _raw(self, r: float) -> list[int]:
         if self.config.scope == "layer":
             ratios = self.ratios or [r] * len(self.groups)
-            return [_round_half_up(q * g.channels) for q, g in zip(ratios, self.groups)]
+            return [
+                _round_half_up(q * g.channels / g.unit) * g.unit
+                for q, g in zip(ratios, self.groups)
+            ]
         # smallest prefix of the global ranking that removes a fraction r of the filters
         m = int(torch.searchsorted(self.cum_filters, r * self.total_filters - 1e-9)) + 1
         m = 0 if r <= 0 else min(m, len(self.sorted_gid))
-        return torch.bincount(self.sorted_gid[:m], minlength=len(self.groups)).tolist()
+        units = torch.bincount(self.sorted_gid[:m], minlength=len(self.groups)).tolist()
+        return [n * g.unit for n, g in zip(units, self.groups)]
 
     def counts(self, r: float) -> list[int] | None:
         round_to, floor = self.round_to, self.config.min_channels
         out = []
         for g, n in zip(self.groups, self._raw(r)):
+            step = math.lcm(round_to or 1, g.unit)  # kept channels fill whole removal units
+            step = step if step > 1 else None
             kept = g.channels - n
-            if round_to and kept < g.channels:
-                kept = max(round_to, _round_half_up(kept / round_to) * round_to)
+            if step and kept < g.channels:
+                kept = max(step, _round_half_up(kept / step) * step)
             kept = max(kept, floor)
-            if round_to and kept < g.channels and kept % round_to:
-                kept = math.ceil(kept / round_to) * round_to
+            if step and kept < g.channels and kept % step:
+                kept = math.ceil(kept / step) * step
             kept = min(kept, g.channels)
             if kept <= 0:
                 return None
@@ -531,11 +566,12 @@ class _FilterProblem(_Problem):
 
     def reduction(self, counts: list[int]) -> dict[str, float]:
         removed: dict[tuple[str, str], int] = dict(self.head)
-        for n, items in zip(counts, self.costs):
+        for n, items, group in zip(counts, self.costs, self.groups):
             if n == 0:
                 continue
+            units = n // group.unit
             for key, mult in items:
-                step = int(mult[n]) if isinstance(mult, Tensor) else mult * n
+                step = int(mult[units]) if isinstance(mult, Tensor) else mult * n
                 removed[key] = removed.get(key, 0) + step
         macs, params = self.structure.cost(removed)
         filters = float((self.filters * torch.tensor(counts, dtype=torch.float64)).sum())
@@ -552,7 +588,9 @@ class _FilterProblem(_Problem):
     def fill(self, plan: PruningPlan, counts: list[int]) -> None:
         for g, order, n in zip(self.groups, self.orders, counts):
             if n:
-                plan.removed.append((g.key, sorted(order[:n].tolist())))
+                chosen = order[: n // g.unit]
+                channels = chosen if g.units is None else g.units[chosen].flatten()
+                plan.removed.append((g.key, sorted(channels.tolist())))
 
 
 def _check_names(scores: dict[str, Tensor], structure: Structure) -> None:
@@ -610,9 +648,9 @@ class _MaskProblem(_Problem):
         self.config = config
         self.granularity = granularity
         self.macs0, self.params0 = structure.totals()
-        classifier = structure.layers[structure.classifier]
-        self.head_macs = head_cut * classifier.in_channels * classifier.positions
-        self.head_params = head_cut * (classifier.in_channels + int(classifier.bias))
+        head_macs, head_params = structure.cost(structure.head_removed(head_cut))
+        self.head_macs = self.macs0 - head_macs
+        self.head_params = self.params0 - head_params
         _check_names(scores, structure)
         _check_layer_ratios(config, list(prunable_layers(model, granularity)))
         self.names: list[str] = []
@@ -788,24 +826,70 @@ def apply_plan(
 def _remove_channels(
     model: nn.Module, removed: list[tuple[str, list[int]]], example_input: Tensor
 ) -> None:
+    """Remove every group's channels in one pass, all indices in the original numbering.
+
+    The groups are resolved on the unpruned graph (index maps computed once), their
+    per-layer removals merged, and each layer is cut once: no re-tracing between groups, which
+    on concat-heavy networks (DenseNet) is most of the cost of removing group by group.
+    """
     graph = trace(model, example_input)
-    for key, idxs in removed:
-        module = _submodule(model, key)
-        if not isinstance(module, nn.Conv2d):
+    merged: dict[tuple[object, object], tuple[object, set[int], str]] = {}
+    with static_index_maps():
+        for key, idxs in removed:
+            module = _checked_key(model, key, idxs)
+            group = graph.get_pruning_group(module, out_channel_fn(graph, module), list(idxs))
+            reason = blocked_reason(graph, group)
+            if reason is not None:
+                raise ConfigError(
+                    f"pruning plan removes channels of {key} that cannot be removed ({reason}): "
+                    "use the plan made for this network"
+                )
+            _merge(merged, group, key)
+    combined = tp.Group()
+    combined._DG = graph
+    for dep, idxs, _ in merged.values():
+        if idxs:
+            combined.add_dep(dep, sorted(idxs))
+    combined.prune(record_history=False)
+
+
+def _merge(
+    merged: dict[tuple[object, object], tuple[object, set[int], str]], group: tp.Group, key: str
+) -> None:
+    """Add ``group``'s removals (per target layer and handler) to ``merged``.
+
+    Groups own disjoint channels: two plan entries removing the same channel of a layer name
+    one coupled group twice, which only a corrupt plan does.
+    """
+    own: dict[tuple[object, object], tuple[object, set[int]]] = {}
+    for dep, idxs in group.items:
+        entry = own.setdefault((dep.target, dep.handler), (dep, set()))
+        entry[1].update(int(i) for i in tp_helpers.to_plain_idxs(idxs) if idxs)
+    for pair, (dep, idxs) in own.items():
+        _, done, first = merged.setdefault(pair, (dep, set(), key))
+        if done & idxs:
             raise ConfigError(
-                f"pruning plan names {key}, which is not a Conv2d: use the plan made for this "
-                "network"
+                f"pruning plan names {first} and {key}, whose channels are coupled: use the plan "
+                "made for this network"
             )
-        channels = module.out_channels
-        if len(set(idxs)) != len(idxs) or not all(0 <= i < channels for i in idxs):
-            raise ConfigError(
-                f"pruning plan removes invalid channels of {key} ({channels} channels): use the "
-                "plan made for this network"
-            )
-        if len(idxs) >= channels:
-            raise ConfigError(f"pruning plan removes every channel of {key}: use a valid plan")
-        group = graph.get_pruning_group(module, out_channel_fn(graph, module), list(idxs))
-        group.prune()
+        done.update(idxs)
+
+
+def _checked_key(model: nn.Module, key: str, idxs: list[int]) -> nn.Conv2d:
+    module = _submodule(model, key)
+    if not isinstance(module, nn.Conv2d):
+        raise ConfigError(
+            f"pruning plan names {key}, which is not a Conv2d: use the plan made for this network"
+        )
+    channels = module.out_channels
+    if len(set(idxs)) != len(idxs) or not all(0 <= i < channels for i in idxs):
+        raise ConfigError(
+            f"pruning plan removes invalid channels of {key} ({channels} channels): use the "
+            "plan made for this network"
+        )
+    if len(idxs) >= channels:
+        raise ConfigError(f"pruning plan removes every channel of {key}: use a valid plan")
+    return module
 
 
 def _attach_masks(model: nn.Module, plan: PruningPlan) -> None:

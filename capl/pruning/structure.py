@@ -1,10 +1,13 @@
 """Prunable structure of a network: dependency groups, forward order and per-channel costs.
 
 Channels coupled by the computation (a conv and its BatchNorm, every conv feeding a residual add,
-a depthwise conv and the conv before it, a squeeze-excitation gate and the channels it scales)
-must be removed together. torch-pruning's :class:`~torch_pruning.DependencyGraph` finds these
-groups; this module turns them into plain data (names, index maps, costs) that the planner can
-reuse across many ratios without tracing again.
+a depthwise conv and the conv before it, a squeeze-excitation gate and the channels it scales,
+the inputs of auxiliary heads, a LayerNorm over channels) must be removed together.
+torch-pruning's :class:`~torch_pruning.DependencyGraph` finds these groups; this module turns
+them into plain data (names, index maps, removal units, costs) that the planner can reuse across
+many ratios without tracing again. Grouped convs tie channels into units: a group removes the
+same local channels in every conv group. Groups whose channels pass a channel shuffle, and the
+insides of auxiliary heads, are kept whole.
 """
 
 from __future__ import annotations
@@ -16,55 +19,30 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from capl.models import find_classifier
-from capl.strategies.base import run_in_eval
+from capl.architectures import check_prunable
+from capl.models import aux_classifiers, aux_heads, find_classifier
+from capl.pruning.shapes import LayerCost, covered_params, extra_layers, layer_shapes
+from capl.pruning.tracing import (
+    blocked_reason,
+    grouped_conv,
+    out_channel_fn,
+    static_index_maps,
+    trace,
+)
+
+__all__ = [
+    "IN",
+    "OUT",
+    "ChannelGroup",
+    "LayerCost",
+    "Structure",
+    "analyse",
+    "layer_shapes",
+    "out_channel_fn",
+    "trace",
+]
 
 OUT, IN = "out", "in"
-
-
-@dataclass(frozen=True)
-class LayerCost:
-    """Shape facts of one Conv2d / Linear / BatchNorm2d layer, per sample.
-
-    Attributes:
-        kind: ``"conv"``, ``"linear"`` or ``"bn"``.
-        out_channels: Output channels (features).
-        in_channels: Input channels (features).
-        groups: Conv groups (1 for linear / bn).
-        kernel: Kernel elements ``kh * kw`` (1 for linear / bn).
-        positions: Output positions per sample (``H * W`` for a conv).
-        bias: Whether the layer has a bias (affine for bn).
-        order: Position in forward order among Conv2d/Linear layers (BNs come after all).
-    """
-
-    kind: str
-    out_channels: int
-    in_channels: int
-    groups: int
-    kernel: int
-    positions: int
-    bias: bool
-    order: int
-
-    @property
-    def depthwise(self) -> bool:
-        """A depthwise conv: each output channel reads only its own input channel."""
-        return self.kind == "conv" and self.groups > 1 and self.groups == self.out_channels
-
-    def macs(self, out: int, inp: int) -> int:
-        """Multiply-adds per sample with ``out`` output and ``inp`` input channels left."""
-        if self.kind == "bn":
-            return 0
-        if self.depthwise:
-            return self.positions * out * self.kernel
-        return self.positions * out * (inp // self.groups) * self.kernel
-
-    def params(self, out: int, inp: int) -> int:
-        """Parameter count with ``out`` output and ``inp`` input channels left."""
-        if self.kind == "bn":
-            return 2 * out if self.bias else 0
-        weights = out * self.kernel * (1 if self.depthwise else inp // self.groups)
-        return weights + (out if self.bias else 0)
 
 
 @dataclass
@@ -80,6 +58,12 @@ class ChannelGroup:
         members: Names of every module whose output channels the group removes (convs, BNs).
         items: ``(layer name, "out"|"in", multiplicity)`` for the cost model: each removed key
             channel removes ``multiplicity[c]`` (or the int) units along that layer's dimension.
+        units: Key-channel indices removed together, ``[units, unit size]`` (ascending in a
+            unit, units by their first channel), or ``None`` when every channel is its own
+            unit. A grouped conv ties the channels at the same local index of its groups.
+        renormalised: LayerNorm / GroupNorm layers normalising these channels: removing some
+            changes the statistics of the rest, so the pruned network is not the original
+            with the channels zeroed.
     """
 
     key: str
@@ -87,6 +71,13 @@ class ChannelGroup:
     convs: list[tuple[str, Tensor, Tensor]]
     members: list[str]
     items: list[tuple[str, str, Tensor | int]] = field(default_factory=list)
+    units: Tensor | None = None
+    renormalised: list[str] = field(default_factory=list)
+
+    @property
+    def unit(self) -> int:
+        """Channels per removal unit (1 unless grouped convs tie channels)."""
+        return 1 if self.units is None else int(self.units.shape[1])
 
 
 @dataclass
@@ -96,11 +87,17 @@ class Structure:
     Attributes:
         input_shape: Per-sample input shape used for tracing.
         conv_order: Conv2d names in forward order.
-        layers: Shape facts of Conv2d, Linear and BatchNorm2d layers, by name.
-        other_params: Parameters outside those layers (never changed by pruning).
-        groups: All channel groups except the classifier's outputs, ordered by key conv.
-        classifier: Name of the final Linear.
+        layers: Shape facts of the Conv2d, Linear and BatchNorm2d layers of the inference
+            forward, by name (:func:`layer_shapes`).
+        other_params: Parameters outside ``layers`` and ``extra`` (never changed by pruning).
+        groups: All prunable channel groups (not the classifiers' outputs), ordered by key conv.
+        classifier: Name of the classifier (final Linear or 1x1 conv).
         names: All module names (to validate ignore patterns).
+        aux_classifiers: Classifiers of auxiliary heads (cut with the main one).
+        kept: Groups capl keeps whole by construction, key conv -> reason (channel shuffle,
+            inside an auxiliary head).
+        extra: Further layers pruning resizes, costed like ``layers``: auxiliary-head Conv2d /
+            Linear (``train_only``), channel norms and loose parameters.
     """
 
     input_shape: tuple[int, ...]
@@ -110,11 +107,28 @@ class Structure:
     groups: list[ChannelGroup]
     classifier: str
     names: list[str]
+    aux_classifiers: list[str] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, LayerCost] = field(default_factory=dict)
+
+    @property
+    def costed(self) -> dict[str, LayerCost]:
+        """``layers`` and ``extra`` together: everything the cost model counts."""
+        return {**self.layers, **self.extra}
+
+    def head_removed(self, head_cut: int) -> dict[tuple[str, str], int]:
+        """Outputs a class-subset head removes: ``head_cut`` rows of every classifier."""
+        if not head_cut:
+            return {}
+        rows = self.layers[self.classifier].out_channels
+        aux = [n for n in self.aux_classifiers if self.extra[n].out_channels == rows]
+        return {(n, OUT): head_cut for n in (self.classifier, *aux)}
 
     def totals(self) -> tuple[int, int]:
         """Conv+linear MACs per sample and total parameters of the unpruned network."""
-        macs = sum(c.macs(c.out_channels, c.in_channels) for c in self.layers.values())
-        params = sum(c.params(c.out_channels, c.in_channels) for c in self.layers.values())
+        costed = self.costed.values()
+        macs = sum(c.macs(c.out_channels, c.in_channels) for c in costed)
+        params = sum(c.params(c.out_channels, c.in_channels) for c in costed)
         return macs, params + self.other_params
 
     def cost(self, removed: dict[tuple[str, str], int]) -> tuple[int, int]:
@@ -124,7 +138,7 @@ class Structure:
             removed: Units removed per ``(layer name, "out"|"in")``.
         """
         macs = params = 0
-        for name, c in self.layers.items():
+        for name, c in self.costed.items():
             out = c.out_channels - removed.get((name, OUT), 0)
             inp = c.in_channels - removed.get((name, IN), 0)
             if c.depthwise:
@@ -159,101 +173,70 @@ def analyse(model: nn.Module, example_input: Tensor) -> Structure:
     return structure
 
 
-def layer_shapes(model: nn.Module, example_input: Tensor) -> dict[str, LayerCost]:
-    """Shape facts of every Conv2d / Linear (forward order) and BatchNorm2d, from one forward."""
-    modules = dict(model.named_modules())
-    seen: dict[str, LayerCost] = {}
-    batch = example_input.shape[0]
-
-    def hook(name: str):
-        def record(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            if name in seen:
-                return
-            if isinstance(module, nn.Conv2d):
-                kh, kw = module.kernel_size
-                seen[name] = LayerCost(
-                    "conv", module.out_channels, module.in_channels, module.groups, kh * kw,
-                    output.numel() // (batch * module.out_channels), module.bias is not None,
-                    len(seen),
-                )  # fmt: skip
-            else:
-                seen[name] = LayerCost(
-                    "linear", module.out_features, module.in_features, 1, 1,
-                    output.numel() // (batch * module.out_features), module.bias is not None,
-                    len(seen),
-                )  # fmt: skip
-
-        return record
-
-    handles = [
-        m.register_forward_hook(hook(n))
-        for n, m in modules.items()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
-    try:
-        with run_in_eval(model), torch.no_grad():
-            model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-    for name, m in modules.items():
-        if isinstance(m, nn.BatchNorm2d):
-            seen[name] = LayerCost(
-                "bn", m.num_features, m.num_features, 1, 1, 0, m.affine, len(seen)
-            )
-    return seen
-
-
-def trace(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
-    """A torch-pruning dependency graph of ``model``, traced in eval mode with grad enabled.
-
-    Eval mode keeps BatchNorm running statistics untouched and stochastic layers inert.
-    """
-    with run_in_eval(model), torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
-
-
-def out_channel_fn(graph: tp.DependencyGraph, module: nn.Module) -> object:
-    """torch-pruning's output-channel pruning function for ``module``."""
-    return graph.get_pruner_of_module(module).prune_out_channels
-
-
 def _analyse(model: nn.Module, example_input: Tensor) -> Structure:
-    layers = layer_shapes(model, example_input)
+    check_prunable(model)
+    graph = trace(model, example_input)
+    inference = layer_shapes(model, example_input)
+    extra = extra_layers(model, example_input, graph, inference)
+    layers = {**inference, **extra}
     conv_order = sorted(
-        (n for n, c in layers.items() if c.kind == "conv"), key=lambda n: layers[n].order
+        (n for n, c in inference.items() if c.kind == "conv"), key=lambda n: inference[n].order
     )
     classifier_name, classifier = find_classifier(model)
-    covered = {id(p) for name in layers for p in model.get_submodule(name).parameters()}
+    aux_names = [n for n in aux_classifiers(model) if n in layers]
+    covered = covered_params(model, layers)
     other = sum(p.numel() for p in model.parameters() if id(p) not in covered)
-    groups: list[ChannelGroup] = []
-    graph = trace(model, example_input)
-    names = graph._module2name
-    raw = list(graph.get_all_groups(ignored_layers=[classifier], root_module_types=[nn.Conv2d]))
-    for group in raw:
-        convs_out = [
-            names[it.dep.target.module]
-            for it in group.items
-            if isinstance(it.dep.target.module, nn.Conv2d)
-            and graph.is_out_channel_pruning_fn(it.dep.handler)
-        ]
-        key = min(convs_out, key=lambda n: layers[n].order if n in layers else 1 << 30)
-        module = model.get_submodule(key)
-        # re-root at the key conv so root indices are that conv's output channels
-        full = graph.get_pruning_group(
-            module, out_channel_fn(graph, module), list(range(module.out_channels))
-        )
-        groups.append(_to_group(graph, full, key, module.out_channels, layers))
+    ignored = [classifier, *(model.get_submodule(n) for n in aux_names)]
+    groups, kept = _channel_groups(model, graph, layers, ignored, aux_heads(model))
     groups.sort(key=lambda g: layers[g.key].order)
     return Structure(
         input_shape=tuple(example_input.shape[1:]),
         conv_order=conv_order,
-        layers=layers,
+        layers=inference,
         other_params=other,
         groups=groups,
         classifier=classifier_name,
         names=[n for n, _ in model.named_modules() if n],
+        aux_classifiers=aux_names,
+        kept=kept,
+        extra=extra,
     )
+
+
+def _channel_groups(
+    model: nn.Module,
+    graph: tp.DependencyGraph,
+    layers: dict[str, LayerCost],
+    ignored: list[nn.Module],
+    heads: list[str],
+) -> tuple[list[ChannelGroup], dict[str, str]]:
+    """Every dependency group rooted at a conv: the prunable ones, and the kept ones' reasons."""
+    groups: list[ChannelGroup] = []
+    kept: dict[str, str] = {}
+    names = graph._module2name
+    with static_index_maps():
+        for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
+            convs_out = [
+                names[it.dep.target.module]
+                for it in group.items
+                if isinstance(it.dep.target.module, nn.Conv2d)
+                and graph.is_out_channel_pruning_fn(it.dep.handler)
+            ]
+            key = min(convs_out, key=lambda n: layers[n].order if n in layers else 1 << 30)
+            module = model.get_submodule(key)
+            # re-root at the key conv so root indices are that conv's output channels
+            full = graph.get_pruning_group(
+                module, out_channel_fn(graph, module), list(range(module.out_channels))
+            )
+            reason = blocked_reason(graph, full)
+            if reason is None and any(key == h or key.startswith(h + ".") for h in heads):
+                reason = "it lies inside an auxiliary head"
+            built = None if reason else _to_group(graph, full, key, module.out_channels, layers)
+            if built is None:
+                kept[key] = reason or "grouped convs tie its channels into units of unequal size"
+            else:
+                groups.append(built)
+    return groups, kept
 
 
 def _to_group(
@@ -262,23 +245,73 @@ def _to_group(
     key: str,
     channels: int,
     layers: dict[str, LayerCost],
-) -> ChannelGroup:
+) -> ChannelGroup | None:
+    """Plain data for one torch-pruning group; ``None`` if grouped convs tie it unevenly."""
     names = graph._module2name
     out = ChannelGroup(key=key, channels=channels, convs=[], members=[])
+    ties: list[tuple[int, Tensor, Tensor]] = []
     for it in group.items:
         module = it.dep.target.module
-        if not isinstance(module, nn.Module) or module not in names:
-            continue  # functional nodes (add, mul, flatten) own no parameters
-        name = names[module]
+        if isinstance(module, nn.Parameter):
+            name = graph._param_to_name.get(module)
+        elif isinstance(module, nn.Module) and module in names:
+            name = names[module]
+        else:
+            continue  # functional nodes (add, mul, cat, flatten) own no parameters
         is_out = graph.is_out_channel_pruning_fn(it.dep.handler)
         idxs = torch.as_tensor(list(it.idxs), dtype=torch.long)
         roots = torch.as_tensor(list(it.root_idxs), dtype=torch.long)
-        if is_out:
+        if isinstance(module, nn.Module) and is_out:
             out.members.append(name)
             if isinstance(module, nn.Conv2d):
                 out.convs.append((name, idxs, roots))
+        if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+            out.renormalised.append(name)
+        if grouped_conv(module):
+            width = (module.out_channels if is_out else module.in_channels) // module.groups
+            ties.append((width, idxs, roots))
         if name in layers:
             mult = torch.bincount(roots, minlength=channels)
             uniform = bool((mult == mult[0]).all())
-            out.items.append((name, OUT if is_out else IN, int(mult[0]) if uniform else mult))
+            # norms and parameters have one width: whatever the handler, they lose channels
+            dim = OUT if is_out or layers[name].kind in ("bn", "norm", "param") else IN
+            out.items.append((name, dim, int(mult[0]) if uniform else mult))
+    if ties:
+        out.units = _tied_units(channels, ties)
+        if out.units is None:
+            return None
+        if out.units.shape[1] == 1:
+            out.units = None
     return out
+
+
+def _tied_units(channels: int, ties: list[tuple[int, Tensor, Tensor]]) -> Tensor | None:
+    """Key channels that grouped convs tie together, as ``[units, size]``; ``None`` if uneven.
+
+    A grouped conv with ``width`` channels per group can only lose the same local channels in
+    every group (what keeps it a valid grouped conv with the same groups), so key channels
+    reaching the same local index ``idx % width`` are removed together.
+    """
+    parent = list(range(channels))
+
+    def find(c: int) -> int:
+        while parent[c] != c:
+            parent[c] = parent[parent[c]]
+            c = parent[c]
+        return c
+
+    for width, idxs, roots in ties:
+        local = idxs % width
+        first: dict[int, int] = {}
+        for lo, root in zip(local.tolist(), roots.tolist()):
+            anchor = first.setdefault(lo, root)
+            ra, rb = find(anchor), find(root)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    classes: dict[int, list[int]] = {}
+    for c in range(channels):
+        classes.setdefault(find(c), []).append(c)
+    sizes = {len(v) for v in classes.values()}
+    if len(sizes) != 1:
+        return None
+    return torch.tensor(sorted(classes.values()), dtype=torch.long)
