@@ -67,7 +67,11 @@ class BenchmarkCallback(Callback):
         exporter: ONNX exporter: ``auto`` (dynamo, falling back to TorchScript), ``dynamo`` or
             ``torchscript`` (several times faster to export; fails on some adaptive pools).
         rounds: The base and the pruned model are timed in this many alternating rounds (ABBA
-            order), so changes in machine load hit both alike.
+            order), so changes in machine load hit both alike. The defaults (3 warm-up runs, 24
+            timed runs in 6 rounds, at least 1 s per model) time ResNet-18 at 224 x 224 and
+            batch 32 about as long as 4 rounds of 20 did, with more rounds to pair the models
+            across changes of load (benchmarks/efficiency.md); every latency carries ``busy``
+            when its rounds still disagree.
         input_size: ``[C, H, W]`` at which MACs, latency and memory are measured (e.g. the
             deployment resolution ``[3, 224, 224]``); default the dataset's input shape.
             Accuracy is always measured on the dataset's images. Both shapes are recorded under
@@ -79,14 +83,14 @@ class BenchmarkCallback(Callback):
         batch_sizes: list[int] | None = None,
         backends: list[str] | None = None,
         ort_threads: int | None = None,
-        warmup: int = 5,
-        repeats: int = 20,
-        min_time_s: float = 0.5,
+        warmup: int = 3,
+        repeats: int = 24,
+        min_time_s: float = 1.0,
         device: str | None = None,
         output: str | None = None,
         run_name: str | None = None,
         exporter: Literal["auto", "dynamo", "torchscript"] = "auto",
-        rounds: int = 4,
+        rounds: int = 6,
         input_size: list[int] | None = None,
     ) -> None:
         super().__init__()
