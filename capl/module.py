@@ -44,6 +44,8 @@ class ImageClassifier(LightningModule):
         optimizer: Optimizer factory (YAML: ``class_path``/``init_args``).
         lr_scheduler: Optional LR scheduler factory.
         label_smoothing: Cross-entropy label smoothing.
+        aux_loss_weight: Weight of each auxiliary head's loss in training (GoogLeNet,
+            Inception v3 return aux logits in train mode; torchvision's recipes use 0.3-0.4).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class ImageClassifier(LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
+        aux_loss_weight: float = 0.3,
     ) -> None:
         super().__init__()
         if head_classes is not None:
@@ -139,24 +142,33 @@ class ImageClassifier(LightningModule):
         return self.network(x)
 
     def subset_logits(self, x: Tensor) -> Tensor:
-        """Logits of the selected classes' rows, in subset-label order."""
-        logits = self(x)
-        return logits if self.rows is None else logits[:, self.rows]
+        """Logits of the selected classes' rows, in subset-label order (main head only)."""
+        return self._heads(x)[0]
+
+    def _heads(self, x: Tensor) -> list[Tensor]:
+        # GoogLeNet / Inception v3 return (logits, aux logits...) in train mode
+        out = self(x)
+        heads = [out] if isinstance(out, Tensor) else [t for t in out if t is not None]
+        return [h if self.rows is None else h[:, self.rows] for h in heads]
 
     def _shared_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         images, labels = batch
-        logits = self.subset_logits(images)
-        loss = nn.functional.cross_entropy(
-            logits, labels, label_smoothing=self.hparams.label_smoothing
-        )
+        logits, *aux = self._heads(images)
+        smoothing = self.hparams.label_smoothing
+        loss = nn.functional.cross_entropy(logits, labels, label_smoothing=smoothing)
+        for extra in aux:  # torchvision's reference recipe weights each auxiliary head
+            loss = loss + self.hparams.aux_loss_weight * nn.functional.cross_entropy(
+                extra, labels, label_smoothing=smoothing
+            )
         return loss, logits, labels
 
     @override
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, logits, labels = self._shared_step(batch)
         acc = (logits.argmax(1) == labels).float().mean()
-        self.log("train/loss", loss, prog_bar=True, on_epoch=True, on_step=False)
-        self.log("train/acc", acc, prog_bar=True, on_epoch=True, on_step=False)
+        # sync_dist: under DDP the epoch value is the mean over all ranks, not rank zero's share
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True, on_step=False, sync_dist=True)
+        self.log("train/acc", acc, prog_bar=True, on_epoch=True, on_step=False, sync_dist=True)
         return loss
 
     def _eval_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> None:

@@ -168,3 +168,23 @@ def test_bad_stage_options_are_one_line_errors() -> None:
         PruningCallback(L1Norm(), bn_recalibration=-1)
     with pytest.raises(ConfigError, match=r"input_size must be \[C, H, W\]"):
         BenchmarkCallback(input_size=[32, 32])
+
+
+def test_aux_heads_train_with_weighted_aux_loss() -> None:
+    module = ImageClassifier("googlenet", num_classes=10, aux_loss_weight=0.5)
+    module.configure_task([3, 5, 8])
+    net = module.network
+    net.train()
+    images, labels = torch.randn(2, 3, 64, 64), torch.tensor([0, 2])
+    torch.manual_seed(0)
+    loss, logits, _ = module._shared_step((images, labels))
+    assert logits.shape == (2, 3)
+    torch.manual_seed(0)  # same dropout draws
+    out = net(images)
+    ce = torch.nn.functional.cross_entropy
+    expected = ce(out.logits[:, [3, 5, 8]], labels) + 0.5 * (
+        ce(out.aux_logits1[:, [3, 5, 8]], labels) + ce(out.aux_logits2[:, [3, 5, 8]], labels)
+    )
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert net.aux1.fc2.weight.grad is not None
