@@ -11,15 +11,18 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 import capl.callbacks
 import capl.datamodules
 from capl import preflight
+from capl.console import quiet_third_party, setup_logging
 from capl.datamodules import ClassSubsetDataModule
 from capl.errors import ConfigError, find_config_error
 from capl.module import ImageClassifier
 from capl.run_dir import pin_run_folder
+from capl.schedules import link_cosine_to_run
 
 __all__ = ["CaplCLI", "console_main", "main"]
 _REGISTERED = (capl.callbacks, capl.datamodules)  # imported for their subclasses' short names
@@ -90,9 +93,39 @@ class CaplCLI(LightningCLI):
             raise
 
     def before_instantiate_classes(self) -> None:
-        """Stable run folders: SLURM job versions, requeue checkpoints in the run folder."""
+        """Stable run folders and a cosine ``T_max`` that follows ``trainer.max_epochs``."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         pin_run_folder(config, self.subcommand)
+        link_cosine_to_run(config)
+        if self.subcommand not in (None, "fit"):
+            # a test in a fit's run folder must not replace the config the checkpoint came from
+            name = f"{self.subcommand}_config.yaml"
+            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": name}
+
+    def _share_checkpoint_path(self) -> None:
+        # Lightning knows --ckpt_path only after setup; pruning runs in setup and must not
+        # re-select when the checkpoint already carries a plan
+        config = self.config_init.get(self.subcommand) if self.subcommand else None
+        path = config.get("ckpt_path") if config is not None else None
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, capl.callbacks.PruningCallback):
+                callback.checkpoint_path = path
+
+    def before_fit(self) -> None:
+        """Tell the pruning callback which checkpoint ``fit`` resumes from."""
+        self._share_checkpoint_path()
+        shape = getattr(self.datamodule, "input_shape", None)
+        if shape is not None and self.model.example_input_array is None:
+            # the model summary's FLOPs (and in/out sizes) columns come from this input
+            self.model.example_input_array = torch.zeros(1, *shape)
+
+    def before_validate(self) -> None:
+        """Tell the pruning callback which checkpoint ``validate`` loads."""
+        self._share_checkpoint_path()
+
+    def before_test(self) -> None:
+        """Tell the pruning callback which checkpoint ``test`` loads."""
+        self._share_checkpoint_path()
 
 
 def main(args: Sequence[str] | None = None) -> CaplCLI | None:
@@ -105,6 +138,8 @@ def main(args: Sequence[str] | None = None) -> CaplCLI | None:
         The CLI object (tests inspect its trainer and model), or ``None`` after a user error.
     """
     argv = None if args is None else list(args)
+    quiet_third_party()
+    setup_logging()
     try:
         preflight.check_config_files(sys.argv[1:] if argv is None else argv)
         return CaplCLI(

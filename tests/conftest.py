@@ -19,6 +19,8 @@ def quiet_trainer(tmp: Path, name: str) -> list[str]:
         str(tmp),
         "--trainer.logger.init_args.name",
         name,
+        "--trainer.logger.init_args.version",  # version_<n>, not the configs' fixed run names
+        "null",
         "--trainer.enable_progress_bar",
         "false",
         "--trainer.enable_model_summary",

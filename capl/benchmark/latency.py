@@ -422,6 +422,10 @@ def _cpu_allocation_peak(net: nn.Module, x: torch.Tensor) -> int:
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
+    # libkineto prints "USDT: profiler_start/stop" and, without a GPU, "gpuGetDeviceCount
+    # failed" on every use; level 6 is above its ERROR and USDT levels. It reads the variable at
+    # its first use in the process, so a user's own setting (set earlier) wins.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         net(x)
     events = []

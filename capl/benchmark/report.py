@@ -128,6 +128,9 @@ def profile_model(
     shape = tuple(int(d) for d in input_shape)
     errors: dict[str, str] = {}
     threads = _ort_threads(ort_threads, torch_threads)
+    steps = ["MACs", "size"] + (["ONNX export"] if "onnxruntime" in backends else [])
+    steps += (["latency"] if latency else []) + (["peak memory"] if memory else [])
+    logger.info("profiling %s: %s", name, ", ".join(steps))
 
     def attempt(key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -324,10 +327,15 @@ def paired_latency(
     """
     threads = _ort_threads(ort_threads, torch_threads)
     out: list[dict[str, dict[str, Any]]] = [{} for _ in models]
-    for backend in backends:
-        if backend == "onnxruntime" and any(p is None for p in onnx_paths):
-            continue
+    runnable = [b for b in backends if b == "torch" or all(p is not None for p in onnx_paths)]
+    total, step, start = len(runnable) * len(batch_sizes), 0, time.perf_counter()
+    for backend in runnable:
         for batch in batch_sizes:
+            step += 1
+            logger.info(
+                "latency %d/%d: %s bs%d, %d models in %d alternating rounds (elapsed %.0fs)",
+                step, total, backend, batch, len(models), rounds, time.perf_counter() - start,
+            )  # fmt: skip
             if backend == "torch":
                 timers = [
                     torch_timer(m, input_shape, int(batch), device, seed, torch_threads)

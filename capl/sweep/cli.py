@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -22,7 +21,11 @@ __all__ = ["report_main", "sensitivity_main", "sweep_main"]
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    # capl's own loggers only (not the root logger): Lightning keeps its handler, no line twice
+    from capl.console import quiet_third_party, setup_logging
+
+    quiet_third_party()
+    setup_logging()
 
 
 def _fail(prog: str, err: BaseException) -> NoReturn:
