@@ -768,3 +768,26 @@ def test_top_level_optimizer_options_are_gone_and_the_models_stay(
     )
     (optimizer,) = cli.trainer.optimizers
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["lr"] == 0.01
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into read-only folders")
+def test_read_only_outputs_are_refused_before_work(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    sweep = _yaml(tmp_path, "sweep.yaml", _sweep_dict(files))
+    try:
+        runs = [
+            (main, ["test", "--config", str(files.config), *_logs(read_only)]),
+            (sweep_main, ["--config", str(sweep), "--output", str(read_only / "out")]),
+        ]
+        for entry, args in runs:
+            with pytest.raises(SystemExit) as exit_info:
+                entry(args)
+            err = capsys.readouterr().err
+            assert exit_info.value.code == 2 and "not writable" in err, err
+            assert list(read_only.iterdir()) == []
+    finally:
+        read_only.chmod(0o755)
