@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from typing_extensions import override
 
 import capl.callbacks
 import capl.datamodules
@@ -36,10 +37,21 @@ class CaplCLI(LightningCLI):
     names. Output folders are checked before the run; a failed run leaves no empty log folder.
     """
 
-    def parse_arguments(self, parser: Any, args: Any) -> None:
-        """Parse as LightningCLI does, keeping the arguments to tell given from default values."""
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse as LightningCLI does, keeping the arguments to tell given from default values.
+
+        When ``args`` are given (capl-sweep, tests) the process's own argv is not ours:
+        LightningCLI would warn about having both, so it sees none while parsing.
+        """
         self._args = list(sys.argv[1:]) if args is None else args
-        super().parse_arguments(parser, args)
+        saved = sys.argv
+        if args is not None:
+            sys.argv = sys.argv[:1]
+        try:
+            super().parse_arguments(parser, args)
+        finally:
+            sys.argv = saved
 
     def _explicit_model_settings(self) -> dict[str, Any]:
         if not isinstance(self._args, list):  # a dict or Namespace of settings
