@@ -127,14 +127,15 @@ def test_latency_target_predicts_and_benchmark_measures(digits_base: Path, tmp_p
     cache = tmp_path / "latency"
     spec = {"backend": "torch", "batch_size": 4, "threads": 1, "repeats": 1, "cache": str(cache)}
     cli = main(
-        ["test", *base_args(digits_base), *pruning_args("L1Norm", 0.3, "latency"),
+        ["test", *base_args(digits_base), *pruning_args("L1Norm", 0.15, "latency"),
          f"--trainer.callbacks.latency={json.dumps(spec)}", *FAST_BENCH]
         + quiet_trainer(tmp_path, "latency")
     )  # fmt: skip
     result = json.loads((run_dir(cli) / "benchmark.json").read_text())
     selection = json.loads((run_dir(cli) / "pruning_plan.json").read_text())["report"]["selection"]
     assert selection["target"] == "latency"
-    assert selection["estimated_latency_removed_fraction"] >= 0.3 - 0.01
+    # a modest budget: how much latency the table says can go depends on the machine's load
+    assert selection["estimated_latency_removed_fraction"] >= 0.15 - 0.01
     assert len(list(cache.glob("latency-*.json"))) == 1  # measured once, kept
     prediction = result["latency_prediction"]
     assert prediction["backend"] == "torch" and prediction["batch_size"] == 4
