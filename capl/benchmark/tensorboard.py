@@ -77,11 +77,26 @@ def benchmark_scalars(result: Mapping[str, Any], prefix: str = "benchmark") -> d
     return out
 
 
-def per_layer_figure(per_layer: Mapping[str, Mapping[str, Any]]) -> Any:
+def run_label(result: Mapping[str, Any]) -> str:
+    """``OCAP, ratio 0.5 (global, target macs)``: what a benchmark result pruned, and how much."""
+    strategy = result.get("strategy")
+    name = strategy.get("name") if isinstance(strategy, Mapping) else strategy
+    if not name:
+        return "unpruned"
+    details = [str(v) for v in (result.get("scope"),) if v]
+    if result.get("target"):
+        details.append(f"target {result['target']}")
+    ratio = result.get("ratio")
+    text = f"{name}, ratio {ratio:g}" if isinstance(ratio, int | float) else str(name)
+    return f"{text} ({', '.join(details)})" if details else text
+
+
+def per_layer_figure(per_layer: Mapping[str, Mapping[str, Any]], label: str = "") -> Any:
     """A bar chart of the fraction kept per prunable layer (channels or non-zero weights).
 
     Args:
         per_layer: The ``per_layer`` dict of a benchmark result.
+        label: What was pruned (:func:`run_label`), shown in the title.
 
     Returns:
         A ``matplotlib.figure.Figure`` (not attached to pyplot, so nothing leaks).
@@ -100,7 +115,8 @@ def per_layer_figure(per_layer: Mapping[str, Mapping[str, Any]]) -> Any:
     axes.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
     axes.set_ylim(0, 1.05)
     axes.set_ylabel("fraction kept")
-    axes.set_title("per-layer pruning (channels, or non-zero weights for masks)")
+    title = "share kept per layer (channels, or non-zero weights for masks)"
+    axes.set_title(f"{label}: {title}" if label else title)
     figure.tight_layout()
     return figure
 
@@ -162,9 +178,13 @@ def log_benchmark(lightning_logger: Any, result: Mapping[str, Any]) -> None:
             hparams["strategy"] = hparams["strategy"].get("name")
         hparams = {k: v for k, v in hparams.items() if isinstance(v, str | int | float | bool)}
         if hparams:
-            lightning_logger.log_hyperparams(hparams, metrics=scalars)
+            # hp_metric: the accuracy of the pruned (or pruned and retrained) model under test
+            accuracy = _number((result.get("after") or {}).get("accuracy"))
+            metrics = {**scalars, **({"hp_metric": accuracy} if accuracy is not None else {})}
+            lightning_logger.log_hyperparams(hparams, metrics=metrics)
         if result.get("per_layer"):
-            experiment.add_figure("benchmark/per_layer", per_layer_figure(result["per_layer"]))
+            figure = per_layer_figure(result["per_layer"], run_label(result))
+            experiment.add_figure("benchmark/per_layer", figure)
         before, after = result.get("before") or {}, result.get("after") or {}
         if before.get("accuracy_per_class") and after.get("accuracy_per_class"):
             figure = per_class_figure(before["accuracy_per_class"], after["accuracy_per_class"])

@@ -94,18 +94,6 @@ def _colours(summary: Sequence[Group]) -> dict[str, Any]:
     return {name: cmap(i % 10) for i, name in enumerate(names)}
 
 
-def _line_styles(series: Mapping[str, Sequence[Group]]) -> dict[str, tuple[Any, str, str]]:
-    """Colour by criterion; marker and dash by the other varying settings."""
-    styles = {}
-    variant: dict[str, int] = {}
-    for label, groups in series.items():
-        strategy = str(groups[0]["strategy"])
-        k = variant.get(strategy, 0)
-        variant[strategy] = k + 1
-        styles[label] = (_MARKERS[k % len(_MARKERS)], ("-", "--", ":", "-.")[k % 4])
-    return styles
-
-
 def _mean(group: Group, name: str) -> tuple[float | None, float]:
     stat = group["metrics"].get(name)
     if stat is None or stat["mean"] is None:
@@ -114,10 +102,7 @@ def _mean(group: Group, name: str) -> tuple[float | None, float]:
 
 
 def plot_accuracy_vs_macs(summary: Sequence[Group], path: str | Path) -> list[Path]:
-    """Accuracy after pruning vs realised MACs reduction, one line per criterion.
-
-    Error bars are the standard deviation over seeds; dashed horizontal lines mark the base
-    accuracy (from unpruned runs, else the pruned runs' accuracy before pruning).
+    """Accuracy at each stage vs realised reduction (see :mod:`capl.sweep.plot_accuracy`).
 
     Args:
         summary: Groups from :func:`capl.sweep.report.summarise`.
@@ -126,75 +111,9 @@ def plot_accuracy_vs_macs(summary: Sequence[Group], path: str | Path) -> list[Pa
     Returns:
         ``[path]``, or ``[]`` when no pruned run succeeded.
     """
-    series = _series(summary)
-    if not series:
-        return []
-    colours, styles = _colours(summary), _line_styles(series)
-    fig = Figure(figsize=(7.5, 5), layout="constrained")
-    ax = fig.add_subplot()
-    for label, groups in series.items():
-        xs, ys, xerr, yerr = [], [], [], []
-        for g in groups:
-            x, sx = _mean(g, "realised.macs_removed")
-            y, sy = _mean(g, "after.accuracy")
-            if x is None or y is None:
-                continue
-            xs.append(100 * x)
-            ys.append(100 * y)
-            xerr.append(100 * sx)
-            yerr.append(100 * sy)
-        if not xs:
-            continue
-        marker, dash = styles[label]
-        ax.errorbar(
-            xs,
-            ys,
-            xerr=xerr,
-            yerr=yerr,
-            label=label,
-            marker=marker,
-            linestyle=dash,
-            color=colours[str(groups[0]["strategy"])],
-            capsize=3,
-            markersize=5,
-        )
-    for label, value in _base_accuracies(summary).items():
-        ax.axhline(100 * value, color="black", linestyle="--", linewidth=1, label=label)
-    ax.set_title("Accuracy vs realised MACs reduction (mean ± std over seeds)")
-    ax.set_xlabel("MACs removed (%)")
-    ax.set_ylabel("Accuracy on selected classes (%)")
-    ax.yaxis.set_major_formatter(PercentFormatter(100))
-    ax.xaxis.set_major_formatter(PercentFormatter(100, decimals=0))
-    ax.grid(True, alpha=0.3)
-    if len(series) > 5:
-        fig.set_size_inches(10, 5.5)
-        fig.legend(fontsize="small", loc="outside right upper")
-    else:
-        ax.legend(fontsize="small", loc="best")
-    return [_save(fig, path)]
+    from capl.sweep.plot_accuracy import plot_accuracy_vs_macs as draw
 
-
-def _base_accuracies(summary: Sequence[Group]) -> dict[str, float]:
-    baseline = [g for g in summary if g["strategy"] is None and g["count"]]
-    many = len({g["classes"] for g in summary}) > 1
-    out: dict[str, float] = {}
-    for g in baseline:
-        value, _ = _mean(g, "after.accuracy")
-        if value is not None:
-            suffix = f" ({_field_label('classes', g['classes'])})" if many else ""
-            out[f"base model{suffix}"] = value
-    if out:
-        return out
-    # No unpruned run: every pruned run measured its base model before pruning.
-    per_classes: dict[Any, list[float]] = {}
-    for g in _pruned(summary):
-        value, _ = _mean(g, "before.accuracy")
-        if value is not None:
-            per_classes.setdefault(g["classes"], []).append(value)
-    for classes, values in per_classes.items():
-        suffix = f" ({_field_label('classes', classes)})" if many else ""
-        out[f"base model{suffix}"] = sum(values) / len(values)
-    return out
+    return draw(summary, path, _colours(summary), _save)
 
 
 def _speedup_keys(summary: Sequence[Group]) -> dict[str, list[str]]:
@@ -209,11 +128,56 @@ def _speedup_keys(summary: Sequence[Group]) -> dict[str, list[str]]:
     return {b: sorted(keys[b], key=lambda s: (len(s), s)) for b in order}
 
 
-def plot_speedup(summary: Sequence[Group], path: str | Path) -> list[Path]:
-    """Measured vs theoretical (MACs) speed-up, one subplot per backend, with the identity line.
+_SPEEDUP_TICKS = (0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
+_EFFICIENCIES = (0.8, 0.5)
 
-    Colour is the criterion, marker the batch size; error bars are the standard deviation of
-    the measured speed-up over seeds.
+
+def _speedup_points(
+    groups: Sequence[Group], strategy: str, backend: str, batch: str
+) -> list[tuple[float, float, float]]:
+    points = []
+    for g in groups:
+        if str(g["strategy"]) != strategy:
+            continue
+        x, _ = _mean(g, "realised.theoretical_speedup")
+        y, sy = _mean(g, f"realised.measured_speedup.{backend}.{batch}")
+        if x is not None and y is not None and x > 0 and y > 0:
+            points.append((x, y, sy if g["count"] > 1 else 0.0))
+    return points
+
+
+def _log_speedup_axes(ax: Any, low: float, high: float) -> None:
+    """Log-log axes over [low, high] with the identity and iso-efficiency lines, plain ticks."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    line = [low, high]
+    ax.plot(line, line, color="black", linewidth=1, label="measured = theoretical")
+    for efficiency, style in zip(_EFFICIENCIES, ("--", ":")):
+        ax.plot(line, [efficiency * v for v in line], color="grey", linestyle=style,
+                linewidth=1, label=f"efficiency {efficiency:g}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(low, high)
+    ax.set_ylim(low, high)
+    fine = [t for t in _SPEEDUP_TICKS if low <= t <= high]
+    # a wide range gets powers of two only, so that labels do not overlap
+    ticks = fine if high / low <= 8 else [2.0**k for k in range(-8, 9) if low <= 2.0**k <= high]
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(FixedLocator(ticks))
+        axis.set_minor_locator(NullLocator())
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.set_aspect("equal")
+
+
+def plot_speedup(summary: Sequence[Group], path: str | Path) -> list[Path]:
+    """Measured vs theoretical (MACs) speed-up on log-log axes, one subplot per backend.
+
+    The identity line is a speed-up that delivers every removed MAC; the iso-lines at
+    efficiency 0.8 and 0.5 (measured = efficiency x theoretical) show how much of it a plan
+    kept. Colour is the criterion, marker the batch size; error bars (standard deviation over
+    seeds) only where a point has several seeds. Measured speed-ups far above any theoretical
+    one, or below 0.25x, are timing outliers of a busy machine: drawn at the edge and counted in
+    the title.
 
     Args:
         summary: Groups from :func:`capl.sweep.report.summarise`.
@@ -229,73 +193,64 @@ def plot_speedup(summary: Sequence[Group], path: str | Path) -> list[Path]:
     colours = _colours(summary)
     batches = sorted({b for bs in keys.values() for b in bs}, key=lambda b: (len(b), b))
     marker = {b: _MARKERS[i % len(_MARKERS)] for i, b in enumerate(batches)}
-    fig = Figure(figsize=(5.5 * len(keys) + 1.5, 5), layout="constrained")
+    theoretical = [v for g in groups if (v := _mean(g, "realised.theoretical_speedup")[0])]
+    ceiling = 2.0 * max([2.0, *theoretical])
+    floor = 0.25  # a pruned network 4x slower than its base is a timing outlier too
+    fig = Figure(figsize=(4.8 * len(keys) + 2.2, 5), layout="constrained")
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
     for ax, (backend, backend_batches) in zip(axes, keys.items()):
-        top, bottom = 1.0, 1.0
-        # a measured speed-up far above any theoretical one is a timing outlier (a noisy
-        # machine); the axes follow the theoretical range and such points sit at the top edge
-        ceiling = 2.0 * max(
-            [2.0]
-            + [v for g in groups if (v := _mean(g, "realised.theoretical_speedup")[0]) is not None]
-        )
-        clipped = 0
+        values, clipped = [1.0, *theoretical], 0
         for strategy, colour in colours.items():
             for batch in backend_batches:
-                xs, ys, yerr = [], [], []
-                for g in groups:
-                    if str(g["strategy"]) != strategy:
-                        continue
-                    x, _ = _mean(g, "realised.theoretical_speedup")
-                    y, sy = _mean(g, f"realised.measured_speedup.{backend}.{batch}")
-                    if x is None or y is None:
-                        continue
-                    clipped += y > ceiling
-                    xs.append(x)
-                    ys.append(min(y, ceiling))
-                    yerr.append(0.0 if y > ceiling else sy)
-                if xs:
-                    top = max(top, *xs, *(y + e for y, e in zip(ys, yerr)))
-                    bottom = min(bottom, *(y - e for y, e in zip(ys, yerr)))
-                    ax.errorbar(
-                        xs,
-                        ys,
-                        yerr=yerr,
-                        color=colour,
-                        marker=marker[batch],
-                        linestyle="none",
-                        capsize=3,
-                        markersize=6,
-                        alpha=0.85,
-                    )
-        limit = top * 1.08
-        ax.plot([0, limit], [0, limit], color="grey", linestyle="--", linewidth=1)
-        ax.axhline(1.0, color="black", linewidth=0.6, alpha=0.5)
-        ax.set_xlim(0.9, limit)
-        ax.set_ylim(min(0.9, bottom * 0.95), limit)
+                points = _speedup_points(groups, strategy, backend, batch)
+                if not points:
+                    continue
+                xs, ys, errs = zip(*points)
+                clipped += sum(not floor <= y <= ceiling for y in ys)
+                errs = [0.0 if not floor <= y <= ceiling else e for y, e in zip(ys, errs)]
+                ys = [min(max(y, floor), ceiling) for y in ys]
+                values += [*ys, *xs]
+                ax.errorbar(xs, ys, yerr=errs, color=colour,
+                            marker=marker[batch], linestyle="none", capsize=3, markersize=6,
+                            alpha=0.85)  # fmt: skip
+        low = min(0.9, min(values) / 1.15)
+        _log_speedup_axes(ax, low, max(values) * 1.15)
         title = f"{backend}: measured vs theoretical speed-up"
         if clipped:
-            title += f"\n({clipped} outlier(s) above {ceiling:.0f}x drawn at the top edge)"
-        ax.set_title(title)
-        ax.set_xlabel("Theoretical speed-up (base MACs / pruned MACs, x)")
-        ax.set_ylabel("Measured speed-up (base / pruned median latency, x)")
-        ax.grid(True, alpha=0.3)
+            title += f"\n({clipped} timing outliers outside {floor:g}x-{ceiling:.0f}x at the edge)"
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel("Theoretical speed-up (base MACs / pruned MACs)")
+        ax.set_ylabel("Measured speed-up (base / pruned median latency)")
+        ax.grid(True, which="major", alpha=0.3)
     handles = [
         Line2D([], [], color=c, marker="o", linestyle="none", label=n) for n, c in colours.items()
     ]
     handles += [
-        Line2D([], [], color="grey", marker=m, linestyle="none", label=f"batch {b[2:]}")
-        if b.startswith("bs")
-        else Line2D([], [], color="grey", marker=m, linestyle="none", label=b)
+        Line2D([], [], color="grey", marker=m, linestyle="none",
+               label=f"batch {b[2:]}" if b.startswith("bs") else b)
         for b, m in marker.items()
-    ]
-    handles.append(Line2D([], [], color="grey", linestyle="--", label="measured = theoretical"))
+    ]  # fmt: skip
+    handles += axes[0].get_legend_handles_labels()[0][:3]
     fig.legend(handles=handles, fontsize="small", loc="outside right upper")
     return [_save(fig, path)]
 
 
+def _per_layer_budget(groups: Sequence[Group]) -> tuple[tuple, list[Group]]:
+    """The budget (target, ratio, classes) most criteria share, nearest 0.5; one group each."""
+    budgets: dict[tuple, dict[str, Group]] = {}
+    for g in sorted(groups, key=lambda g: int(g["retrain_epochs"] or 0)):
+        if g["per_layer"]:
+            key = (g["target"], g["ratio"], g["classes"])
+            budgets.setdefault(key, {}).setdefault(f"{g['strategy']}|{g['scope']}", g)
+    key = min(budgets, key=lambda k: (-len(budgets[k]), abs((k[1] or 0) - 0.5), str(k)))
+    return key, list(budgets[key].values())
+
+
 def plot_per_layer(summary: Sequence[Group], path: str | Path) -> list[Path]:
-    """Fraction of channels kept per layer, one subplot per criterion, one line per ratio.
+    """Share of channels (masks: non-zero weights) kept per layer, one panel per criterion.
+
+    All panels show one budget, the one most criteria were run at (ratio nearest 0.5 on a tie),
+    so that they compare; the other budgets are in ``summary.csv``. Layers are in network order.
 
     Args:
         summary: Groups from :func:`capl.sweep.report.summarise` (their ``per_layer`` field).
@@ -304,66 +259,43 @@ def plot_per_layer(summary: Sequence[Group], path: str | Path) -> list[Path]:
     Returns:
         ``[path]``, or ``[]`` without per-layer data.
     """
-    series = {
-        label: groups
-        for label, groups in _series(summary).items()
-        if any(g["per_layer"] for g in groups)
-    }
-    if not series:
+    groups = [g for g in _pruned(summary) if g["per_layer"]]
+    if not groups:
         return []
-    layers: dict[str, None] = {}
-    kinds: set[str] = set()
-    for groups in series.values():
-        for g in groups:
-            for layer, stat in g["per_layer"].items():
-                layers.setdefault(layer)
-                if stat.get("kind"):
-                    kinds.add(str(stat["kind"]))
-    names = list(layers)
-    ncols = 1 if len(series) <= 3 else 2
-    nrows = math.ceil(len(series) / ncols)
-    panel = min(max(7.0, 0.22 * len(names) + 2.0), 14.0)
-    fig = Figure(figsize=(panel * ncols, 2.8 * nrows + 1.6), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
-    from matplotlib import colormaps
-
-    cmap = colormaps["viridis"]
-    ratios = sorted({g["ratio"] for gs in series.values() for g in gs if g["ratio"] is not None})
-    shade = {r: cmap(0.85 * i / max(1, len(ratios) - 1)) for i, r in enumerate(ratios)}
+    (target, ratio, classes), panels = _per_layer_budget(groups)
+    scopes = len({g["scope"] for g in panels}) > 1
+    colours = _colours(summary)
+    names = list(dict.fromkeys(n for g in panels for n in g["per_layer"]))
+    ncols = 1 if len(panels) == 1 or len(names) > 30 else 2
+    nrows = math.ceil(len(panels) / ncols)
+    width = min(max(5.5, 0.2 * len(names) + 1.5), 13.0)
+    label_in = 0.075 * max(len(n) for n in names)  # rotated layer names under each panel
+    fig = Figure(figsize=(width * ncols, (1.9 + label_in) * nrows + 0.5), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
     positions = list(range(len(names)))
-    flat = list(axes.flat)
-    for ax, (label, groups) in zip(flat, series.items()):
-        for g in groups:
-            ys = [g["per_layer"].get(n, {}).get("mean") for n in names]
-            ax.plot(
-                positions,
-                [math.nan if y is None else 100 * y for y in ys],
-                marker="o",
-                markersize=3,
-                color=shade.get(g["ratio"], "black"),
-                label="unknown" if g["ratio"] is None else f"{g['ratio']:g}",
-            )
-        ax.set_title(label, fontsize="medium")
+    for ax, g in zip(axes.flat, panels):
+        kept = [g["per_layer"].get(n, {}).get("mean") for n in names]
+        ax.bar(positions, [0 if k is None else 100 * k for k in kept], width=0.8,
+               color=colours.get(str(g["strategy"]), "tab:blue"))  # fmt: skip
+        label = f"{g['strategy']} ({g['scope']})" if scopes else str(g["strategy"])
+        ax.set_title(label, fontsize="medium", loc="left")
         ax.set_ylim(0, 105)
-        ax.yaxis.set_major_formatter(PercentFormatter(100))
-        ax.grid(True, alpha=0.3)
-    for ax in flat[len(series) :]:
+        ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
+        ax.grid(True, axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     for row in axes:
-        row[0].set_ylabel("Kept (%)")
-    fontsize = "xx-small" if len(names) > 40 else "x-small" if len(names) > 20 else "small"
-    for col in range(ncols):
-        # The lowest visible panel of each column carries the layer names.
-        last = max(r for r in range(nrows) if r * ncols + col < len(series))
-        bottom_ax = axes[last, col]
-        bottom_ax.set_xticks(positions)
-        bottom_ax.set_xticklabels(names, rotation=90, fontsize=fontsize)
-        bottom_ax.tick_params(labelbottom=True)
-        bottom_ax.set_xlabel("Layer (network order)")
-    unit = "channels" if kinds <= {"channels"} else "channels / weights"
-    fig.suptitle(f"Share of {unit} kept per layer (after / before, mean over seeds)")
-    handles, labels = flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, title="ratio", loc="outside right center", fontsize="small")
+        row[0].set_ylabel("Kept")
+    fontsize = "x-small" if len(names) > 24 else "small"
+    for ax in list(axes.flat)[: len(panels)]:  # every panel names its layers: it reads alone
+        ax.set_xticks(positions)
+        ax.set_xticklabels(names, rotation=90, fontsize=fontsize)
+        ax.tick_params(labelbottom=True)
+    budget = f"{100 * ratio:g} % of the {target} removed" if target and ratio else (
+        f"ratio {ratio:g}" if ratio is not None else "one budget")  # fmt: skip
+    if classes is not None and len({g["classes"] for g in groups}) > 1:
+        budget += f", classes {str(classes).replace(';', ', ')}"
+    fig.suptitle(f"Share kept per layer (channels; non-zero weights for masks) at {budget}")
     return [_save(fig, path)]
 
 

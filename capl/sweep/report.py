@@ -122,6 +122,7 @@ _METRIC_PATTERNS = (
     re.compile(r"^realised\.efficiency\.[^.]+\.[^.]+$"),
     re.compile(r"^(before|after)\.latency_ms\.[^.]+\.[^.]+\.median_ms$"),
     re.compile(r"^timings_s\.[^.]+$"),
+    re.compile(r"^accuracy_stages\.(chance|[^.]+\.accuracy)$"),
 )
 _SKIPPED_PREFIXES = ("before.layers.", "after.layers.")
 _PER_LAYER = re.compile(r"^per_layer\.(?P<layer>.+)\.(?P<field>before|after|kind)$")
@@ -499,9 +500,21 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             for name in metrics
         }
         group["per_layer"] = _per_layer(ok, layers)
+        group["masked"] = _removes_zeros(group["metrics"])
         group["busy"] = _busy_cells(ok)
         summary.append(group)
     return summary
+
+
+def _removes_zeros(metrics: Mapping[str, Mapping[str, Any]]) -> bool:
+    """A mask criterion: most of what it removed became zeros in dense shapes, not removed shapes.
+
+    Structured pruning removes parameters (and MACs) from the shapes; masks only zero them, so
+    the dense parameter count falls by the class-subset head cut alone.
+    """
+    nonzero = (metrics.get("realised.nonzero_params_removed") or {}).get("mean")
+    dense = (metrics.get("realised.params_removed") or {}).get("mean")
+    return bool(nonzero) and dense is not None and nonzero - dense > 0.5 * nonzero
 
 
 _BUSY = re.compile(r"^(before|after)\.latency_ms\.([^.]+)\.([^.]+)\.busy$")
@@ -705,7 +718,11 @@ def render_report(rows: Sequence[Mapping[str, Any]], plots: Sequence[str] = ()) 
     timings = _timing_keys(columns)
     varying = _varying(pruned)
 
+    from capl.sweep.answer import render_answer  # imports this module's formatters
+
     out = ["# capl sweep report", ""]
+    out += render_answer(summary, rows)
+    out += ["## Sweep", ""]
     models = [m for m in _distinct(rows, "model") if m is not None]
     datasets = [d for d in _distinct(rows, "dataset") if d is not None]
     classes = [c for c in _distinct(rows, "classes.indices") if c is not None]
