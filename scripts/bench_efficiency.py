@@ -105,7 +105,7 @@ def prune_all(base: nn.Module, args: argparse.Namespace, network: str) -> list[d
     table = None
     if args.latency_target:
         spec = LatencySpec(backend="onnxruntime", batch_size=args.batch_sizes[0],
-                           threads=args.threads, cache=args.cache, repeats=3,
+                           threads=args.threads, cache=args.cache, repeats=args.table_repeats,
                            exporter=args.exporter)  # fmt: skip
         start = time.perf_counter()
         table = network_latency_table(base, example, spec, PruningConfig(0.0).resolved_round_to())
@@ -299,6 +299,7 @@ def main() -> None:
     )
     parser.add_argument("--latency-target", action="store_true")
     parser.add_argument("--cache", default=None, help="latency table cache folder")
+    parser.add_argument("--table-repeats", type=int, default=5, help="runs per table entry")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args()

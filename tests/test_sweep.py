@@ -453,3 +453,17 @@ def test_set_overrides_change_the_grid_and_reject_bad_items(tmp_path: Path, caps
         sweep_main([*args, "--set", "grid.ratios"])
     assert info.value.code == 2
     assert "write KEY=VALUE" in capsys.readouterr().err
+
+
+def test_latency_target_points_carry_the_latency_spec(tmp_path: Path) -> None:
+    raw = sweep_dict({"network": "resnet20", "small_input": True, "num_classes": 10,
+                      "checkpoint": str(tmp_path / "base.ckpt")}, ["L1Norm"], [0.5])  # fmt: skip
+    raw["grid"]["targets"] = ["latency"]
+    spec = {"backend": "torch", "batch_size": 4, "cache": str(tmp_path / "latency")}
+    raw["pruning"] = {"latency": spec}
+    config = parse_sweep_config(raw)
+    assert [p.target for p in expand_grid(config)[0]] == ["latency"]
+    assert config.pruning["latency"] == spec
+    raw["grid"]["targets"] = ["flops"]
+    with pytest.raises(ConfigError, match="macs, params and/or latency"):
+        parse_sweep_config(raw)

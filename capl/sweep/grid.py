@@ -27,7 +27,8 @@ A sweep file has these sections (only ``base``, ``data`` and ``grid`` are requir
         - {class_path: LRP, init_args: {rules: auto}, ratios: [0.3, 0.5]}
       ratios: [0.3, 0.5, 0.7]
       scopes: [global]               # layer and/or global
-      targets: [macs]                # null, macs and/or params
+      targets: [macs]                # null, macs, params and/or latency (pruning.latency:
+                                     #   {backend, batch_size, threads, cache} says where)
       classes: [[3, 5, 8]]           # class subsets; default the data section's classes
       seeds: [0]
       retrain_epochs: [0, 1]         # 0 = prune and measure only
@@ -80,7 +81,7 @@ __all__ = [
 ]
 
 _SCOPES = ("layer", "global")
-_TARGETS = (None, "macs", "params")
+_TARGETS = (None, "macs", "params", "latency")
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:
@@ -311,7 +312,9 @@ def _targets(where: str, value: Any) -> list[str | None]:
     out = _list(where, value)
     bad = [t for t in out if t not in _TARGETS]
     if bad:
-        raise ConfigError(f"{where}: unknown target(s) {bad}: choose null, macs and/or params")
+        raise ConfigError(
+            f"{where}: unknown target(s) {bad}: choose null, macs, params and/or latency"
+        )
     return out
 
 
