@@ -15,9 +15,9 @@ from capl.errors import ConfigError
 from capl.models import build_network, find_classifier
 from capl.pruning import (
     PruningConfig,
-    auto_round_to,
     PruningPlan,
     apply_plan,
+    auto_round_to,
     conv_linear_macs,
     make_masks_permanent,
     make_plan,
