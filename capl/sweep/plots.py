@@ -269,8 +269,8 @@ def plot_per_layer(summary: Sequence[Group], path: str | Path) -> list[Path]:
     ncols = 1 if len(panels) == 1 or len(names) > 30 else 2
     nrows = math.ceil(len(panels) / ncols)
     width = min(max(5.5, 0.2 * len(names) + 1.5), 13.0)
-    label_in = 0.075 * max(len(n) for n in names)  # rotated layer names under each panel
-    fig = Figure(figsize=(width * ncols, (1.9 + label_in) * nrows + 0.5), layout="constrained")
+    label_in = 0.075 * max(len(n) for n in names)  # rotated layer names under the last row
+    fig = Figure(figsize=(width * ncols, 1.9 * nrows + label_in + 0.6), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
     positions = list(range(len(names)))
     for ax, g in zip(axes.flat, panels):
@@ -287,10 +287,13 @@ def plot_per_layer(summary: Sequence[Group], path: str | Path) -> list[Path]:
     for row in axes:
         row[0].set_ylabel("Kept")
     fontsize = "x-small" if len(names) > 24 else "small"
-    for ax in list(axes.flat)[: len(panels)]:  # every panel names its layers: it reads alone
+    for ax in list(axes.flat)[: len(panels)]:
         ax.set_xticks(positions)
-        ax.set_xticklabels(names, rotation=90, fontsize=fontsize)
-        ax.tick_params(labelbottom=True)
+        ax.tick_params(labelbottom=False)
+    for col in range(ncols):  # the lowest panel of each column names the layers
+        last = max(r for r in range(nrows) if r * ncols + col < len(panels))
+        axes[last, col].set_xticklabels(names, rotation=90, fontsize=fontsize)
+        axes[last, col].tick_params(labelbottom=True)
     budget = f"{100 * ratio:g} % of the {target} removed" if target and ratio else (
         f"ratio {ratio:g}" if ratio is not None else "one budget")  # fmt: skip
     if classes is not None and len({g["classes"] for g in groups}) > 1:
