@@ -250,6 +250,7 @@ class BenchmarkCallback(Callback):
             min_time_s=self.min_time_s,
             exporter=self.exporter,
             latency=False,
+            name=workdir.name,  # "before" / "after": the ONNX file and the progress line
         )
 
     def _base_model(
