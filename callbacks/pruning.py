@@ -20,7 +20,7 @@ from typing_extensions import override
 from capl.errors import ConfigError
 from capl.evaluation import evaluate_subset
 from capl.io import write_bytes_atomic, write_json_atomic
-from capl.module import CHECKPOINT_KEY, ImageClassifier
+from capl.module import ImageClassifier
 from capl.pruning import (
     PruningConfig,
     make_masks_permanent,
@@ -134,8 +134,8 @@ class PruningCallback(Callback):
         self.base_network: nn.Module | None = None
         self.base_head_classes: list[int] | None = None
         self.plan: dict[str, Any] | None = None
-        # set by the capl CLI: the --ckpt_path Lightning restores only after setup
-        self.checkpoint_path: str | None = None
+        # set by the capl CLI: (--ckpt_path, its plan); Lightning restores it only after setup
+        self.checkpoint_plan: tuple[str, dict[str, Any]] | None = None
         self._fit_started: float | None = None
         self._retrained_before = 0.0
 
@@ -151,14 +151,12 @@ class PruningCallback(Callback):
         if datamodule is None or not hasattr(datamodule, "calibration_dataloader"):
             raise ConfigError("PruningCallback needs a capl ClassSubsetDataModule (data: ...)")
         pl_module.setup(stage)  # builds the network and the k-way task if not yet done
-        ckpt_path = self.checkpoint_path or trainer.ckpt_path
-        saved_plan = _checkpoint_plan(ckpt_path)
-        if saved_plan is not None:
-            self.plan = saved_plan
+        if self.checkpoint_plan is not None:
+            ckpt_path, self.plan = self.checkpoint_plan
             rank_zero_info(
                 f"capl: {ckpt_path} carries its pruning plan "
-                f"({(saved_plan.get('criterion') or {}).get('name')}, ratio "
-                f"{(saved_plan.get('config') or {}).get('ratio')}): using it, no new selection"
+                f"({(self.plan.get('criterion') or {}).get('name')}, ratio "
+                f"{(self.plan.get('config') or {}).get('ratio')}): using it, no new selection"
             )
             return
         network = pl_module.network
@@ -199,13 +197,11 @@ class PruningCallback(Callback):
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
         if trainer.is_global_zero and log_dir:
             write_json_atomic(Path(log_dir) / PLAN_FILE, plan)
-        # the module owns the timings: they travel with its checkpoints
-        pl_module.pruning_timings = {"selection": selection, "removal": removal, "retraining": 0.0}
-        source = pl_module.weights_source
-        pl_module.base_weights = (
-            str(Path(source).resolve()) if source and Path(source).is_file() else source
-        )
-        pl_module.accuracy_stages = stages
+        timings = {"selection": selection, "removal": removal, "retraining": 0.0}
+        pl_module.record_pruning(timings, stages)
+        self._log_removal(plan, selection, removal)
+
+    def _log_removal(self, plan: dict[str, Any], selection: float, removal: float) -> None:
         report = plan.get("report", {})
         removed = ", ".join(
             f"{key} {report.get(key + '_removed_fraction', 0.0):.1%}"
@@ -317,15 +313,3 @@ class PruningCallback(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         assert isinstance(pl_module, ImageClassifier) and pl_module.network is not None
         make_masks_permanent(pl_module.network)
-
-
-def _checkpoint_plan(ckpt_path: str | None) -> dict[str, Any] | None:
-    """The pruning plan a capl checkpoint carries, or ``None`` (no checkpoint, no plan)."""
-    if not ckpt_path or not Path(ckpt_path).is_file():
-        return None
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not loadable safely: Lightning's restore reports it
-        return None
-    saved = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
-    return saved.get("pruning_plan") if isinstance(saved, dict) else None

@@ -75,7 +75,7 @@ class CaplCLI(LightningCLI):
         path = self.config[self.config.subcommand].get("ckpt_path")
         if not preflight.is_checkpoint_file_path(path):
             return
-        hparams = preflight.checkpoint_hyperparameters(
+        hparams, self._checkpoint_plan = preflight.checkpoint_hyperparameters(
             path, self._explicit_model_settings(), trusted=self._trust_weights()
         )
         if hparams:
@@ -115,13 +115,15 @@ class CaplCLI(LightningCLI):
             self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": name}
 
     def _share_checkpoint_path(self) -> None:
-        # Lightning knows --ckpt_path only after setup; pruning runs in setup and must not
-        # re-select when the checkpoint already carries a plan
-        config = self.config_init.get(self.subcommand) if self.subcommand else None
-        path = config.get("ckpt_path") if config is not None else None
+        # Lightning restores --ckpt_path only after setup; pruning runs in setup and must not
+        # re-select when the checkpoint already carries a plan (read once, in _parse_ckpt_path)
+        plan = getattr(self, "_checkpoint_plan", None)
+        if plan is None:
+            return
+        path = self.config_init[self.subcommand].get("ckpt_path")
         for callback in self.trainer.callbacks:
             if isinstance(callback, capl.callbacks.PruningCallback):
-                callback.checkpoint_path = path
+                callback.checkpoint_plan = (str(path), plan)
 
     def before_fit(self) -> None:
         """Tell the pruning callback which checkpoint ``fit`` resumes from."""

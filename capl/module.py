@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -240,6 +241,21 @@ class ImageClassifier(LightningModule):
         self.pruning_plan = plan
         self.hparams.update(
             num_classes=len(self.head_classes), head_classes=list(self.head_classes)
+        )
+
+    def record_pruning(self, timings: dict[str, float], stages: dict[str, Any]) -> None:
+        """Keep what pruning cost and the accuracy stages it measured (saved in checkpoints).
+
+        Args:
+            timings: Seconds of ``selection``, ``removal`` and ``retraining`` (0 so far).
+            stages: ``pruned`` / ``bn_recalibrated`` accuracy blocks.
+        """
+        self.pruning_timings = dict(timings)
+        self.accuracy_stages = dict(stages)
+        source = self.weights_source
+        # the base is rebuilt from these weights for the benchmark, from any working directory
+        self.base_weights = (
+            str(Path(source).resolve()) if source and Path(source).is_file() else source
         )
 
     @override

@@ -163,7 +163,7 @@ def is_checkpoint_file_path(path: Any) -> bool:
 
 def checkpoint_hyperparameters(
     path: str | Path, explicit: Mapping[str, Any], trusted: bool = False
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """A ``--ckpt_path`` checkpoint's model settings, read safely and checked against the config.
 
     Args:
@@ -174,7 +174,8 @@ def checkpoint_hyperparameters(
 
     Returns:
         The checkpoint's ``hyper_parameters`` for the config, without settings a file must not
-        choose for the user (``trust_weights``).
+        choose for the user (``trust_weights``); and the pruning plan it carries (or ``None``),
+        so that pruning need not read the file again.
 
     Raises:
         ConfigError: A missing or damaged checkpoint, one that needs full unpickling while not
@@ -193,7 +194,7 @@ def checkpoint_hyperparameters(
                 f"model.{key}: {explicit[key]}: set model.{key}: {theirs} to match it, or pass "
                 f"a checkpoint made with model.{key}: {explicit[key]}"
             )
-    return hparams
+    return hparams, saved.get("pruning_plan")
 
 
 # --------------------------------------------------------------------------------------------
