@@ -34,7 +34,6 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--json", help="also write the matrix and subset figures here")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     data = getattr(capl.datamodules, args.data)(args.root, image_size=args.image_size)
     data.setup("test")
     network = ImageClassifier.load_from_checkpoint(args.checkpoint, map_location="cpu").network
@@ -59,12 +58,10 @@ def main() -> None:
     for key, members in type(data).named_subsets.items():
         resolved = [m if isinstance(m, int) else names.index(m) for m in members]
         inside, total = within(counts, resolved)
-        k_errors = int(errors[resolved][:, resolved].sum())
         subsets[key] = {
             "classes": [names[m] for m in resolved],
             "errors_within": inside,
             "errors_of_members": total,
-            "k_way_error_images": k_errors,
         }
         print(
             f"{key}: {inside} of its classes' {total} errors stay inside the subset "

@@ -30,8 +30,7 @@ def _stat(values: Iterable[Any]) -> tuple[float | None, float | None, int]:
 
 def _subset(row: Mapping[str, Any], names: Mapping[str, str]) -> str:
     indices = str(row.get("classes.indices"))  # results.csv joins lists with ";"
-    key = "[" + ", ".join(indices.strip("[]").replace(";", ",").replace(" ", "").split(",")) + "]"
-    return names.get(key, indices)
+    return names.get(indices, indices)
 
 
 def _groups(rows: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
@@ -80,14 +79,14 @@ def main() -> None:
     parser.add_argument(
         "--subset",
         action="append",
-        default=["similar=[0, 2, 4, 6]", "distinct=[1, 3, 7, 8]"],
-        help="NAME=[indices] labels for class subsets",
+        default=["similar=0;2;4;6", "distinct=1;3;7;8"],
+        help="NAME=i;j;k labels for class subsets (results.csv's spelling of the indices)",
     )
     args = parser.parse_args()
     names = {}
     for item in args.subset:
         label, _, indices = item.partition("=")
-        names[indices.strip()] = label
+        names[indices.replace(" ", "")] = label
     rows = read_results_csv(args.results)
     by_subset: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
