@@ -5,11 +5,30 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 from capl.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
+
+
+def randomise_batchnorm(net: nn.Module, seed: int = 1) -> nn.Module:
+    """Give every BatchNorm2d non-trivial statistics and affine terms (deterministic).
+
+    A coupled channel that is not zeroed (or not removed) then leaks its BN bias downstream and
+    shows in the outputs, which default-initialised BatchNorms would hide.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.weight.data = torch.rand(c, generator=gen) + 0.5
+            m.bias.data = torch.randn(c, generator=gen) * 0.2
+            m.running_mean = torch.randn(c, generator=gen) * 0.2
+            m.running_var = torch.rand(c, generator=gen) + 0.5
+    return net
 
 
 def quiet_trainer(tmp: Path, name: str) -> list[str]:

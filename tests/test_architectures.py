@@ -42,6 +42,7 @@ from capl.pruning import PruningConfig, PruningPlan, apply_plan, make_plan, prun
 from capl.pruning.structure import LayerCost, analyse
 from capl.pruning.tracing import forward_all, out_channel_fn, static_index_maps, trace
 from capl.strategies import get_criterion
+from tests.conftest import randomise_batchnorm
 
 ROWS = [3, 5, 7]
 CLASSES = 10
@@ -79,16 +80,7 @@ def _network(name: str) -> nn.Module:
     small, _ = _setup(name)
     torch.manual_seed(0)
     net = build_network(name, CLASSES, small_input=small).eval()
-    # non-trivial BN statistics and affine terms: a coupled channel that is not zeroed (or not
-    # removed) would leak its BN bias downstream and show in the outputs
-    gen = torch.Generator().manual_seed(1)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.weight.data = torch.rand(c, generator=gen) + 0.5
-            m.bias.data = torch.randn(c, generator=gen) * 0.2
-            m.running_mean = torch.randn(c, generator=gen) * 0.2
-            m.running_var = torch.rand(c, generator=gen) + 0.5
+    randomise_batchnorm(net)
     if family(name) == "squeezenet":
         # its logits pass a ReLU; random init leaves them all zero, which would test nothing
         net.get_submodule(find_classifier(net)[0]).bias.data += 0.5

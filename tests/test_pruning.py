@@ -28,6 +28,7 @@ from capl.pruning import (
 from capl.strategies import available_criteria
 from capl.strategies import base as strategies_base
 from capl.strategies.base import Criterion
+from tests.conftest import randomise_batchnorm
 
 ARCHS = ["resnet18", "resnet50", "vgg16", "vgg16_bn", "mobilenet_v3_large", "efficientnet_b0"]
 SIZE = 16
@@ -96,16 +97,7 @@ def _structured() -> list[type[Criterion]]:
 def _base(arch: str) -> nn.Module:
     torch.manual_seed(0)
     net = build_network(arch, CLASSES, small_input=True)
-    # non-trivial BN statistics and affine terms: a coupled channel that is not zeroed (or not
-    # removed) would leak its BN bias downstream and show in the outputs
-    gen = torch.Generator().manual_seed(1)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.weight.data = torch.rand(c, generator=gen) + 0.5
-            m.bias.data = torch.randn(c, generator=gen) * 0.2
-            m.running_mean = torch.randn(c, generator=gen) * 0.2
-            m.running_var = torch.rand(c, generator=gen) + 0.5
+    randomise_batchnorm(net)
     return net.eval()
 
 

@@ -28,6 +28,7 @@ import yaml
 
 from capl.sweep import read_results_csv
 from capl.sweep.report import flatten
+from tests.test_sweep import train_base
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts" / "slurm"
@@ -36,15 +37,7 @@ pytestmark = pytest.mark.slurm
 
 SWEEP = {
     "name": "slurm",
-    "base": {
-        "network": "resnet20",
-        "small_input": True,
-        "num_classes": 10,
-        "train": {
-            "max_epochs": 1,
-            "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}},
-        },
-    },
+    "base": train_base(),
     "data": {
         "class_path": "DigitsSubset",
         "init_args": {
