@@ -9,19 +9,13 @@ Typical use::
 """
 
 from capl.pruning.config import PruningConfig, auto_round_to
-from capl.pruning.plan import (
-    PruningPlan,
-    apply_plan,
-    class_subset_head,
-    fingerprint,
-    make_masks_permanent,
-    make_plan,
-    plan_mask,
-    prunable_layers,
-)
+from capl.pruning.plan import make_plan
+from capl.pruning.plan_format import PruningPlan, fingerprint, plan_mask
 from capl.pruning.recalibrate import batchnorm_layers, recalibrate_batchnorm
+from capl.pruning.removal import apply_plan, class_subset_head, make_masks_permanent
 from capl.pruning.report import conv_linear_macs, nonzero_parameters, pruning_report
 from capl.pruning.select import select_scores
+from capl.pruning.structure import prunable_layers
 
 __all__ = [
     "PruningConfig",

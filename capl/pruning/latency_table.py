@@ -28,6 +28,7 @@ from torch import nn
 from capl.benchmark import export_onnx, ort_timer, torch_timer
 from capl.errors import ConfigError
 from capl.io import write_json_atomic
+from capl.pruning.plan_format import fingerprint
 from capl.pruning.structure import IN, OUT, Structure, analyse
 
 log = logging.getLogger(__name__)
@@ -238,8 +239,6 @@ def network_latency_table(
         spec: Backend, batch size, threads, cache.
         round_to: Grid widths are multiples of this (use the plan's resolved ``round_to``).
     """
-    from capl.pruning.plan import fingerprint  # plan imports this module
-
     structure = analyse(model, example_input)
     net = model
     if next(model.parameters()).device.type != torch.device(spec.device).type:

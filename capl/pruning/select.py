@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from torch import Tensor, nn
 
-from capl.pruning.plan import prunable_layers
+from capl.pruning.structure import prunable_layers
 from capl.strategies.base import Criterion
 
 __all__ = ["select_scores"]

@@ -148,6 +148,23 @@ class Structure:
         return macs, params + self.other_params
 
 
+def prunable_layers(model: nn.Module, granularity: str = "filter") -> dict[str, nn.Module]:
+    """The layers a criterion should score for ``granularity``.
+
+    ``filter`` and ``kernel``: every Conv2d. ``weight``: every Conv2d and Linear except the
+    classifier (its rows are the classes; a class-subset head cuts them instead). Layers inside
+    auxiliary heads are left out: they run only in training and pruning keeps them.
+    """
+    classifier, _ = find_classifier(model)
+    heads = tuple(f"{h}." for h in aux_heads(model))
+    types = (nn.Conv2d, nn.Linear) if granularity == "weight" else (nn.Conv2d,)
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, types) and n != classifier and not (heads and n.startswith(heads))
+    }
+
+
 def _signature(model: nn.Module, input_shape: tuple[int, ...]) -> tuple:
     shapes = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
     return (input_shape, shapes)
