@@ -137,6 +137,24 @@ class ActivationSites:
         self._sited_bns.clear()
         self._broken = False
 
+    def gradients(
+        self, outputs: Tensor, grad_outputs: Tensor | None = None
+    ) -> list[tuple[str, Tensor]]:
+        """``(conv name, gradient of outputs at its site)`` after a forward, in conv order.
+
+        Args:
+            outputs: What to differentiate (one value per image, or a scalar).
+            grad_outputs: The vector of the vector-Jacobian product (``None``: ones).
+
+        Returns:
+            One pair per recorded site that ``outputs`` depends on.
+        """
+        names = [n for n in self.convs if n in self.sites]
+        grads = torch.autograd.grad(
+            outputs, [self.sites[n] for n in names], grad_outputs=grad_outputs, allow_unused=True
+        )
+        return [(n, g) for n, g in zip(names, grads) if g is not None]
+
     def run(self, images: Tensor) -> dict[str, Any]:
         """One forward of ``images``; returns ``reduce(name, site)`` per recorded conv.
 

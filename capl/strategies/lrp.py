@@ -205,17 +205,10 @@ class LRP(Criterion):
                 logits = model(images.requires_grad_(True))
                 target = logits.gather(1, rows[labels][:, None]).squeeze(1)
                 start = target.detach() if self.init == "logit" else torch.ones_like(target)
-                names = [n for n in convs if n in rec.sites]
-                grads = torch.autograd.grad(
-                    target, [rec.sites[n] for n in names], grad_outputs=start, allow_unused=True
-                )
-                for name, relevance in zip(names, grads):
-                    if relevance is not None:
-                        if self.aggregate == "abs":
-                            relevance = relevance.abs()
-                        stats[f"{name}/relevance"] += relevance.sum(
-                            dim=(0, 2, 3), dtype=torch.float64
-                        )
+                for name, relevance in rec.gradients(target, grad_outputs=start):
+                    if self.aggregate == "abs":
+                        relevance = relevance.abs()
+                    stats[f"{name}/relevance"] += relevance.sum(dim=(0, 2, 3), dtype=torch.float64)
                 images_seen += images.shape[0]
                 rec.reset()
         stats["images"] = images_seen

@@ -62,13 +62,10 @@ class Taylor(Criterion):
                 # a graph must exist even when the parameters are frozen
                 logits = model(images.requires_grad_(True))
                 loss = F.cross_entropy(logits.index_select(1, rows), labels, reduction="sum")
-                names = [n for n in convs if n in rec.sites]
-                grads = torch.autograd.grad(loss, [rec.sites[n] for n in names], allow_unused=True)
-                for name, grad in zip(names, grads):
-                    if grad is not None:
-                        site = rec.sites[name].detach()
-                        per_image = (site * grad).sum(dim=(2, 3)).abs()
-                        stats[f"{name}/taylor"] += per_image.sum(dim=0, dtype=torch.float64)
+                for name, grad in rec.gradients(loss):
+                    site = rec.sites[name].detach()
+                    per_image = (site * grad).sum(dim=(2, 3)).abs()
+                    stats[f"{name}/taylor"] += per_image.sum(dim=0, dtype=torch.float64)
                 images_seen += images.shape[0]
                 rec.reset()
         stats["images"] = images_seen
