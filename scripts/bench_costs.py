@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from bench_selection import plain_forward, plain_forward_backward  # sibling script: sys.path[0]
 from torch import Tensor, nn
 from zennit.rules import AlphaBeta, ZPlus
 
@@ -38,8 +39,6 @@ from capl.strategies import LRP, OCAP, APoZ, L1Norm, Taylor
 from capl.strategies import lrp as lrp_module
 from capl.strategies._activations import ActivationSites, conv_layers, iter_batches, new_stat
 from capl.strategies.base import model_device, run_in_eval
-
-Batches = list[tuple[Tensor, Tensor]]
 
 
 class LegacyOCAP(OCAP):
@@ -99,20 +98,6 @@ class LegacyLRP(LRP):
             lrp_module._ZPlus, lrp_module._alpha_beta = saved
 
 
-def plain_forward(model: nn.Module, batches: Batches) -> None:
-    with torch.inference_mode():
-        for images, _ in batches:
-            model(images)
-
-
-def plain_forward_backward(model: nn.Module, batches: Batches, rows: Tensor) -> None:
-    with torch.enable_grad():
-        for images, labels in batches:
-            x = images.detach().requires_grad_(True)
-            target = model(x).gather(1, rows[labels][:, None]).sum()
-            torch.autograd.grad(target, x)
-
-
 def legacy_make_plan(*args: Any, **kwargs: Any) -> Any:
     """``make_plan`` as it was: report by forwards, on the caller's threads."""
     original = plan_module.pruning_report
@@ -140,7 +125,7 @@ def paired(times: dict[str, list[float]], num: str, den: str) -> float:
     return statistics.median(a / b for a, b in zip(times[num], times[den]))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--network", default="resnet18")
     parser.add_argument("--size", type=int, default=224)
@@ -150,11 +135,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--plan-rounds", type=int, default=5)
     parser.add_argument("--output", type=Path, default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    start, load = time.perf_counter(), os.getloadavg()
-    torch.manual_seed(0)
-    model = build_network(args.network, 10, small_input=args.size <= 64).eval()
+    return parser.parse_args()
+
+
+def selection_times(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Each criterion's selection against a plain forward (and forward+backward) pass."""
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(args.images, 3, args.size, args.size, generator=gen)
     labels = torch.randint(0, 10, (args.images,), generator=gen)
@@ -167,7 +152,7 @@ def main() -> None:
     for crit in (OCAP(), LegacyOCAP(), APoZ(), LegacyAPoZ(), LRP(), LegacyLRP(), Taylor()):
         work[type(crit).__name__] = lambda c=crit: select_scores(c, model, batches, list(range(10)))
     times = interleaved(work, args.rounds)
-    selection = {
+    return {
         name: {
             "median_s": statistics.median(times[name]),
             "over_forward": paired(times, name, "forward"),
@@ -175,18 +160,32 @@ def main() -> None:
         }
         for name in work
     }
+
+
+def plan_times(model: nn.Module, args: argparse.Namespace) -> dict[str, list[float]]:
+    """Seconds per run of make_plan and of make_plan as it was, interleaved."""
     criterion = L1Norm()
     scores = criterion.score(model, prunable_layers(model), {})
     example = torch.zeros(1, 3, args.size, args.size)
     config = PruningConfig(0.5, scope="global", target="macs")
     make_plan(model, criterion, scores, config, example)  # trace once (cached per model)
-    plans = interleaved(
+    return interleaved(
         {
             "make_plan": lambda: make_plan(model, criterion, scores, config, example),
             "legacy_make_plan": lambda: legacy_make_plan(model, criterion, scores, config, example),
         },
         args.plan_rounds,
     )
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    start, load = time.perf_counter(), os.getloadavg()
+    torch.manual_seed(0)
+    model = build_network(args.network, 10, small_input=args.size <= 64).eval()
+    selection = selection_times(model, args)
+    plans = plan_times(model, args)
     result = {
         "command": "python scripts/bench_costs.py " + " ".join(sys.argv[1:]),
         "selection": selection,

@@ -93,12 +93,9 @@ def plain_forward_backward(model: nn.Module, batches: Batches, rows: Tensor) -> 
         batches: ``(images, labels)`` pairs.
         rows: Head row of each subset label.
     """
-    with torch.enable_grad():
-        for images, labels in batches:
-            x = images.detach().requires_grad_(True)
-            logits = model(x)
-            target = logits.gather(1, rows[labels][:, None]).sum()
-            torch.autograd.grad(target, x)
+    _backward_to_input(
+        model, batches, lambda logits, labels: logits.gather(1, rows[labels][:, None]).sum()
+    )
 
 
 def loss_forward_backward(model: nn.Module, batches: Batches, rows: Tensor) -> None:
@@ -109,12 +106,23 @@ def loss_forward_backward(model: nn.Module, batches: Batches, rows: Tensor) -> N
         batches: ``(images, labels)`` pairs.
         rows: Head row of each subset label.
     """
+    _backward_to_input(
+        model,
+        batches,
+        lambda logits, labels: F.cross_entropy(
+            logits.index_select(1, rows), labels, reduction="sum"
+        ),
+    )
+
+
+def _backward_to_input(
+    model: nn.Module, batches: Batches, objective: Callable[[Tensor, Tensor], Tensor]
+) -> None:
+    """Differentiate ``objective(logits, labels)`` of every batch with respect to its images."""
     with torch.enable_grad():
         for images, labels in batches:
             x = images.detach().requires_grad_(True)
-            logits = model(x)
-            loss = F.cross_entropy(logits.index_select(1, rows), labels, reduction="sum")
-            torch.autograd.grad(loss, x)
+            torch.autograd.grad(objective(model(x), labels), x)
 
 
 def data_criteria(names: Sequence[str] | None) -> list[str]:
