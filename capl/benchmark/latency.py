@@ -1,81 +1,51 @@
-"""Latency (PyTorch, ONNX Runtime) and peak memory of one inference.
+"""Latency of one inference (PyTorch, ONNX Runtime): the timing protocol and its summaries.
 
 Timing protocol, shared by both backends: identical seeded inputs (:func:`make_input`),
 ``warmup`` untimed runs, then timed runs until *both* ``repeats`` runs and ``min_time_s``
 seconds have been collected, so the median is stable for fast and slow models alike. Every
 summary says whether it can be trusted: ``busy`` is set when the medians of its rounds (or of
 consecutive chunks) spread by more than 20 % or its p90 exceeds 1.5x the median.
+
+The timers themselves live in :mod:`capl.benchmark.timers` and peak memory in
+:mod:`capl.benchmark.memory`; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from capl.benchmark._masks import deployable_copy, has_masks, model_device
+from capl.benchmark.memory import peak_memory
+from capl.benchmark.timers import (
+    Timer,
+    make_input,
+    ort_session,
+    ort_timer,
+    preserved_mode,
+    torch_timer,
+)
 
-logger = logging.getLogger(__name__)
-
-
-def make_input(
-    input_shape: tuple[int, ...],
-    batch_size: int = 1,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """A standard-normal batch from a seeded generator: two calls give identical tensors.
-
-    The tensor is drawn on the CPU (the same numbers on every device) and then moved.
-
-    Args:
-        input_shape: ``(C, H, W)`` without the batch dimension.
-        batch_size: Leading dimension.
-        seed: Generator seed.
-        device: Where the tensor ends up.
-        dtype: Floating dtype.
-
-    Returns:
-        A tensor of shape ``(batch_size, *input_shape)``.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    shape = (int(batch_size), *(int(d) for d in input_shape))
-    return torch.randn(shape, generator=generator, dtype=dtype).to(device)
-
-
-@contextlib.contextmanager
-def preserved_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode and restore every submodule's training flag afterwards."""
-    flags = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, flag in flags.items():
-            module.training = flag
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[int]:
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    try:
-        yield torch.get_num_threads()
-    finally:
-        if threads is not None:
-            torch.set_num_threads(previous)
+__all__ = [
+    "BUSY_P90_OVER_MEDIAN",
+    "BUSY_ROUND_SPREAD",
+    "Timer",
+    "make_input",
+    "measure_interleaved",
+    "measure_latency_onnxruntime",
+    "measure_latency_torch",
+    "ort_session",
+    "ort_timer",
+    "peak_memory",
+    "preserved_mode",
+    "torch_timer",
+]
 
 
 BUSY_ROUND_SPREAD = 0.2
@@ -140,82 +110,6 @@ def _time_loop(
         times.append(ms)
         elapsed += ms / 1000.0
     return times
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' requested but torch.cuda.is_available() is False")
-    return dev
-
-
-@contextlib.contextmanager
-def _runnable(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
-    """The model as it would be deployed on ``device``, without changing the caller's model.
-
-    Unmasked models already on ``device`` are used in place (eval mode, restored afterwards);
-    masked models or models elsewhere are timed on a deployable copy.
-    """
-    current = model_device(model)
-    same_device = current.type == device.type and (
-        device.index is None or current.index == device.index
-    )
-    if same_device and not has_masks(model):
-        with preserved_mode(model):
-            yield model
-    else:
-        yield deployable_copy(model, device)
-
-
-Timer = Iterator[tuple[Callable[[], float], dict[str, Any]]]
-
-
-@contextlib.contextmanager
-def torch_timer(
-    model: nn.Module,
-    input_shape: tuple[int, ...],
-    batch_size: int = 1,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    threads: int | None = None,
-) -> Timer:
-    """A ready PyTorch forward for timing: yields ``(step, info)``; ``step()`` returns ms.
-
-    Eval mode and ``torch.inference_mode`` inside; CPU steps are timed with
-    ``time.perf_counter``, CUDA steps with CUDA events around the forward followed by a
-    synchronize, so asynchronous launches are not mistaken for speed. The model's training
-    flags and the thread setting are restored on exit; masked models run as a deployable copy.
-    """
-    dev = _resolve_device(device)
-    x = make_input(input_shape, batch_size, seed, dev)
-    with _torch_threads(threads) as n_threads, _runnable(model, dev) as net:
-        with torch.inference_mode():
-            if dev.type == "cuda":
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-
-                def step() -> float:
-                    start.record()
-                    net(x)
-                    end.record()
-                    end.synchronize()
-                    return float(start.elapsed_time(end))
-
-                torch.cuda.synchronize(dev)
-            else:
-
-                def step() -> float:
-                    t0 = time.perf_counter()
-                    net(x)
-                    return (time.perf_counter() - t0) * 1000.0
-
-            info = {
-                "batch_size": int(batch_size),
-                "device": str(dev),
-                "threads": int(n_threads),
-                "backend": "torch",
-            }
-            yield step, info
 
 
 def measure_latency_torch(
@@ -302,77 +196,6 @@ def measure_interleaved(
         ]
 
 
-def ort_session(
-    onnx_path: str | os.PathLike, threads: int, device: str | torch.device = "cpu"
-) -> Any:
-    """An ONNX Runtime session configured for benchmarking.
-
-    Explicit ``intra_op_num_threads`` (the published reference pinned ORT to one thread
-    silently), one inter-op thread with sequential execution, all graph optimisations, and
-    the CUDA provider when ``device`` is CUDA and ORT offers it.
-
-    Args:
-        onnx_path: The ``.onnx`` file.
-        threads: Intra-op threads (>= 1).
-        device: ``"cpu"`` or ``"cuda"``.
-
-    Returns:
-        The ``onnxruntime.InferenceSession``.
-    """
-    import onnxruntime as ort
-
-    if int(threads) < 1:
-        raise ValueError(f"threads must be >= 1 for ONNX Runtime, got {threads}")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads)
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    providers = ["CPUExecutionProvider"]
-    if torch.device(device).type == "cuda":
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        else:
-            logger.warning("CUDAExecutionProvider unavailable in onnxruntime; timing on CPU")
-    return ort.InferenceSession(os.fspath(onnx_path), options, providers=providers)
-
-
-@contextlib.contextmanager
-def ort_timer(
-    onnx_path: str | os.PathLike,
-    input_shape: tuple[int, ...],
-    batch_size: int = 1,
-    threads: int = 1,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-) -> Timer:
-    """A ready ONNX Runtime session for timing: yields ``(step, info)``; ``step()`` returns ms.
-
-    Timed with ``time.perf_counter`` around ``session.run`` (which returns host arrays, so it
-    is synchronous; on CUDA this includes the host-device copies of input and output).
-    """
-    session = ort_session(onnx_path, threads, device)
-    feed = {session.get_inputs()[0].name: make_input(input_shape, batch_size, seed).numpy()}
-
-    def step() -> float:
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        return (time.perf_counter() - t0) * 1000.0
-
-    provider = session.get_providers()[0]
-    yield (
-        step,
-        {
-            "batch_size": int(batch_size),
-            "device": "cuda" if provider == "CUDAExecutionProvider" else "cpu",
-            "threads": int(threads),
-            "provider": provider,
-            "backend": "onnxruntime",
-        },
-    )
-
-
 def measure_latency_onnxruntime(
     onnx_path: str | os.PathLike,
     input_shape: tuple[int, ...],
@@ -405,110 +228,3 @@ def measure_latency_onnxruntime(
     with ort_timer(onnx_path, input_shape, batch_size, threads, device, seed) as (step, info):
         times = _time_loop(step, warmup, repeats, min_time_s)
     return _summary(times) | info
-
-
-def _tensor_bytes(model: nn.Module) -> int:
-    seen: set[int] = set()
-    total = 0
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if id(tensor) not in seen:
-            seen.add(id(tensor))
-            total += tensor.numel() * tensor.element_size()
-    return total
-
-
-def _cpu_allocation_peak(net: nn.Module, x: torch.Tensor) -> int:
-    """Peak bytes of live CPU allocations made during one forward, from profiler events."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    # libkineto prints "USDT: profiler_start/stop" and, without a GPU, "gpuGetDeviceCount
-    # failed" on every use; level 6 is above its ERROR and USDT levels. It reads the variable at
-    # its first use in the process, so a user's own setting (set earlier) wins.
-    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        net(x)
-    events = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        if node.tag == _EventType.Allocation:
-            events.append((node.start_time_ns, int(node.extra_fields.alloc_size)))
-        stack.extend(node.children)
-    events.sort(key=lambda item: item[0])
-    live = peak = 0
-    for _, size in events:
-        live += size
-        peak = max(peak, live)
-    return peak
-
-
-def peak_memory(
-    model: nn.Module,
-    input_shape: tuple[int, ...],
-    batch_size: int = 1,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Peak memory of one inference (eval mode, ``torch.inference_mode``), after one warm-up.
-
-    - CUDA (``method="cuda_max_memory_allocated"``): ``reset_peak_memory_stats`` then
-      ``max_memory_allocated`` around the forward; ``baseline_bytes`` is what was allocated
-      before it (weights, input and anything else on that device).
-    - CPU (``method="torch_profiler_allocations"``): the running sum of allocation/free events
-      recorded by ``torch.profiler(profile_memory=True)`` during the forward gives the peak of
-      tensors alive at once (activations and workspace through PyTorch's allocator);
-      ``baseline_bytes`` is the model's parameters and buffers plus the input. Memory that
-      backends allocate outside PyTorch's allocator is not seen; process RSS is not used
-      because the C allocator reuses freed pages and RSS never goes down.
-
-    Args:
-        model: The network; training flags are restored.
-        input_shape: ``(C, H, W)`` of one image.
-        batch_size: Images per forward.
-        device: ``"cpu"`` or ``"cuda"``.
-        seed: Input seed.
-
-    Returns:
-        ``{"peak_bytes", "activation_bytes", "baseline_bytes", "method", "batch_size",
-        "device"}``; byte fields are ``None`` (and ``method`` says why) when no measurement
-        was possible.
-    """
-    dev = _resolve_device(device)
-    x = make_input(input_shape, batch_size, seed, dev)
-    result: dict[str, Any] = {"batch_size": int(batch_size), "device": str(dev)}
-    with _runnable(model, dev) as net, torch.inference_mode():
-        net(x)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
-            baseline = torch.cuda.memory_allocated(dev)
-            net(x)
-            torch.cuda.synchronize(dev)
-            peak = torch.cuda.max_memory_allocated(dev)
-            result.update(
-                peak_bytes=int(peak),
-                activation_bytes=int(peak - baseline),
-                baseline_bytes=int(baseline),
-                method="cuda_max_memory_allocated",
-            )
-            return result
-        baseline = _tensor_bytes(net) + x.numel() * x.element_size()
-        try:
-            activations = _cpu_allocation_peak(net, x)
-        except Exception as error:  # private profiler API: degrade, do not break a benchmark
-            logger.warning("CPU peak memory unavailable: %s", error)
-            result.update(
-                peak_bytes=None,
-                activation_bytes=None,
-                baseline_bytes=int(baseline),
-                method=f"unavailable: {type(error).__name__}",
-            )
-            return result
-    result.update(
-        peak_bytes=int(baseline + activations),
-        activation_bytes=int(activations),
-        baseline_bytes=int(baseline),
-        method="torch_profiler_allocations",
-    )
-    return result

@@ -1,0 +1,223 @@
+"""Ready-to-time forwards: seeded inputs, PyTorch and ONNX Runtime timers, deployable models.
+
+A timer is a context manager yielding ``(step, info)``: ``step()`` runs one inference and
+returns its milliseconds, ``info`` says what was timed (batch size, device, threads, backend).
+:mod:`capl.benchmark.latency` turns steps into summaries; :mod:`capl.benchmark.memory` reuses
+the inputs and deployable models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from capl.benchmark._masks import deployable_copy, has_masks, model_device
+
+logger = logging.getLogger(__name__)
+
+
+def make_input(
+    input_shape: tuple[int, ...],
+    batch_size: int = 1,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """A standard-normal batch from a seeded generator: two calls give identical tensors.
+
+    The tensor is drawn on the CPU (the same numbers on every device) and then moved.
+
+    Args:
+        input_shape: ``(C, H, W)`` without the batch dimension.
+        batch_size: Leading dimension.
+        seed: Generator seed.
+        device: Where the tensor ends up.
+        dtype: Floating dtype.
+
+    Returns:
+        A tensor of shape ``(batch_size, *input_shape)``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    shape = (int(batch_size), *(int(d) for d in input_shape))
+    return torch.randn(shape, generator=generator, dtype=dtype).to(device)
+
+
+@contextlib.contextmanager
+def preserved_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode and restore every submodule's training flag afterwards."""
+    flags = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags.items():
+            module.training = flag
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[int]:
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if threads is not None:
+            torch.set_num_threads(previous)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device`; raises ``ValueError`` for CUDA without a GPU."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' requested but torch.cuda.is_available() is False")
+    return dev
+
+
+@contextlib.contextmanager
+def runnable(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """The model as it would be deployed on ``device``, without changing the caller's model.
+
+    Unmasked models already on ``device`` are used in place (eval mode, restored afterwards);
+    masked models or models elsewhere are timed on a deployable copy.
+    """
+    current = model_device(model)
+    same_device = current.type == device.type and (
+        device.index is None or current.index == device.index
+    )
+    if same_device and not has_masks(model):
+        with preserved_mode(model):
+            yield model
+    else:
+        yield deployable_copy(model, device)
+
+
+Timer = Iterator[tuple[Callable[[], float], dict[str, Any]]]
+
+
+@contextlib.contextmanager
+def torch_timer(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    threads: int | None = None,
+) -> Timer:
+    """A ready PyTorch forward for timing: yields ``(step, info)``; ``step()`` returns ms.
+
+    Eval mode and ``torch.inference_mode`` inside; CPU steps are timed with
+    ``time.perf_counter``, CUDA steps with CUDA events around the forward followed by a
+    synchronize, so asynchronous launches are not mistaken for speed. The model's training
+    flags and the thread setting are restored on exit; masked models run as a deployable copy.
+    """
+    dev = resolve_device(device)
+    x = make_input(input_shape, batch_size, seed, dev)
+    with _torch_threads(threads) as n_threads, runnable(model, dev) as net:
+        with torch.inference_mode():
+            if dev.type == "cuda":
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+
+                def step() -> float:
+                    start.record()
+                    net(x)
+                    end.record()
+                    end.synchronize()
+                    return float(start.elapsed_time(end))
+
+                torch.cuda.synchronize(dev)
+            else:
+
+                def step() -> float:
+                    t0 = time.perf_counter()
+                    net(x)
+                    return (time.perf_counter() - t0) * 1000.0
+
+            info = {
+                "batch_size": int(batch_size),
+                "device": str(dev),
+                "threads": int(n_threads),
+                "backend": "torch",
+            }
+            yield step, info
+
+
+def ort_session(
+    onnx_path: str | os.PathLike, threads: int, device: str | torch.device = "cpu"
+) -> Any:
+    """An ONNX Runtime session configured for benchmarking.
+
+    Explicit ``intra_op_num_threads`` (the published reference pinned ORT to one thread
+    silently), one inter-op thread with sequential execution, all graph optimisations, and
+    the CUDA provider when ``device`` is CUDA and ORT offers it.
+
+    Args:
+        onnx_path: The ``.onnx`` file.
+        threads: Intra-op threads (>= 1).
+        device: ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        The ``onnxruntime.InferenceSession``.
+    """
+    import onnxruntime as ort
+
+    if int(threads) < 1:
+        raise ValueError(f"threads must be >= 1 for ONNX Runtime, got {threads}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if torch.device(device).type == "cuda":
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            logger.warning("CUDAExecutionProvider unavailable in onnxruntime; timing on CPU")
+    return ort.InferenceSession(os.fspath(onnx_path), options, providers=providers)
+
+
+@contextlib.contextmanager
+def ort_timer(
+    onnx_path: str | os.PathLike,
+    input_shape: tuple[int, ...],
+    batch_size: int = 1,
+    threads: int = 1,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> Timer:
+    """A ready ONNX Runtime session for timing: yields ``(step, info)``; ``step()`` returns ms.
+
+    Timed with ``time.perf_counter`` around ``session.run`` (which returns host arrays, so it
+    is synchronous; on CUDA this includes the host-device copies of input and output).
+    """
+    session = ort_session(onnx_path, threads, device)
+    feed = {session.get_inputs()[0].name: make_input(input_shape, batch_size, seed).numpy()}
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        return (time.perf_counter() - t0) * 1000.0
+
+    provider = session.get_providers()[0]
+    yield (
+        step,
+        {
+            "batch_size": int(batch_size),
+            "device": "cuda" if provider == "CUDAExecutionProvider" else "cpu",
+            "threads": int(threads),
+            "provider": provider,
+            "backend": "onnxruntime",
+        },
+    )
