@@ -13,7 +13,7 @@ each by its exact message, the lines a user can do nothing about:
   client installed, outside a SLURM job (inside one it still guards against a missing srun).
 
 (The profiler's ``USDT`` and ``gpuGetDeviceCount`` lines are quieted where capl profiles, in
-:mod:`capl.benchmark.latency`.)
+:mod:`capl.benchmark.memory`.)
 
 Everything else (user warnings, errors, Lightning's own information) is left as it is.
 """

@@ -14,6 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 
+@pytest.fixture
+def one_thread():
+    """Run the test on one torch thread: tiny convs are much faster single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def randomise_batchnorm(net: nn.Module, seed: int = 1) -> nn.Module:
     """Give every BatchNorm2d non-trivial statistics and affine terms (deterministic).
 

@@ -20,12 +20,7 @@ from capl.strategies import L1Norm, Magnitude
 SIZE = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(arch: str = "resnet18") -> nn.Module:

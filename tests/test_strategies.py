@@ -31,13 +31,7 @@ ARCHS = ["resnet18", "resnet50", "vgg16", "vgg16_bn", "mobilenet_v3_large", "eff
 ROWS = [3, 5, 7, 9]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny convs are much faster single-threaded, above all on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.cache
