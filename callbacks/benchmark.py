@@ -6,7 +6,6 @@ import copy
 import logging
 import os
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,8 +23,9 @@ from capl.benchmark import (
     paired_latency,
     per_layer_diff,
     profile_model,
-    realised,
 )
+from capl.benchmark.record import AccuracyStages, BenchmarkRecord, build_record, run_info
+from capl.benchmark.record import accuracy_stages as record_stages
 from capl.benchmark.tensorboard import log_benchmark
 from capl.callbacks.pruning import PruningCallback
 from capl.errors import ConfigError
@@ -140,22 +140,50 @@ class BenchmarkCallback(Callback):
     @rank_zero_only
     def _benchmark(self, trainer: Trainer, module: ImageClassifier, output: Path) -> None:
         datamodule = trainer.datamodule
-        pruning = _find_pruning_callback(trainer)
-        base, base_head = self._base_model(module, pruning)
-        after_net = copy.deepcopy(module.network).cpu()
-        make_masks_permanent(after_net)
-        assert module.head_classes is not None
         data_shape = tuple(datamodule.input_shape)
+        input_shape = self._input_shape(data_shape)
+        device = self.device or ("cuda" if trainer.strategy.root_device.type == "cuda" else "cpu")
+        nets = self._nets(module, _find_pruning_callback(trainer))
+        blocks = self._measure(nets, datamodule, input_shape, device)
+        result = self._record(module, datamodule, nets, blocks, output.parent, input_shape)
+        path = write_json_atomic(output, result)
+        self.result = dict(result)
+        self._log(trainer, self.result)
+        rank_zero_info(
+            f"capl benchmark ({path}):\n{format_table(result['before'], result['after'])}"
+        )
+
+    def _input_shape(self, data_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The benchmark's ``(C, H, W)``: ``input_size``, else the data's, channels agreeing."""
         input_shape = tuple(self.input_size or data_shape)
         if input_shape[0] != data_shape[0]:
             raise ConfigError(
                 f"input_size {list(input_shape)} has {input_shape[0]} channels but the data has "
                 f"{data_shape[0]}: use [{data_shape[0]}, H, W]"
             )
-        device = self.device or ("cuda" if trainer.strategy.root_device.type == "cuda" else "cpu")
-        workdir = output.parent
+        return input_shape
+
+    def _nets(
+        self, module: ImageClassifier, pruning: PruningCallback | None
+    ) -> dict[str, tuple[nn.Module, list[int]]]:
+        """``before`` (the base) and ``after`` (the model under test, masks made permanent)."""
+        assert module.head_classes is not None
+        after_net = copy.deepcopy(module.network).cpu()
+        make_masks_permanent(after_net)
+        return {
+            "before": self._base_model(module, pruning),
+            "after": (after_net, list(module.head_classes)),
+        }
+
+    def _measure(
+        self,
+        nets: dict[str, tuple[nn.Module, list[int]]],
+        datamodule: Any,
+        input_shape: tuple[int, ...],
+        device: str,
+    ) -> dict[str, dict[str, Any]]:
+        """Each model's block: accuracy on the selected classes, profile, paired latency."""
         blocks = {}
-        nets = {"before": (base, base_head), "after": (after_net, module.head_classes)}
         with tempfile.TemporaryDirectory(prefix="capl-onnx-") as onnx_dir:
             for key, (net, head) in nets.items():
                 rows = target_rows(head, datamodule.class_indices)
@@ -165,70 +193,75 @@ class BenchmarkCallback(Callback):
                     **evaluate_subset(net, loader, rows, datamodule.class_names),
                     **self._profile(net, input_shape, device, Path(onnx_dir) / key),
                 }
-            # both models timed together, interleaved, so the speed-up is not machine noise
             onnx = [(blocks[k].get("onnx") or {}).get("path") for k in nets]
-            latencies = paired_latency(
-                [net for net, _ in nets.values()],
-                onnx,
-                input_shape,
-                batch_sizes=self.batch_sizes,
-                backends=self.backends,
-                device=device,
-                ort_threads=self._ort_threads(),
-                warmup=self.warmup,
-                repeats=self.repeats,
-                min_time_s=self.min_time_s,
-                rounds=self.rounds,
-            )
+            models = [net for net, _ in nets.values()]
+            latencies = self._paired_latency(models, onnx, input_shape, device)
         for key, latency in zip(nets, latencies):
             blocks[key]["latency_ms"] = latency
             if blocks[key].get("onnx"):
                 blocks[key]["onnx"]["path"] = None  # the temporary export is gone
         for net, _ in nets.values():
             net.cpu()
+        return blocks
+
+    def _paired_latency(
+        self,
+        nets: list[nn.Module],
+        onnx: list[str | None],
+        input_shape: tuple[int, ...],
+        device: str,
+    ) -> list[dict[str, dict[str, Any]]]:
+        # both models timed together, interleaved, so the speed-up is not machine noise
+        return paired_latency(
+            nets,
+            onnx,
+            input_shape,
+            batch_sizes=self.batch_sizes,
+            backends=self.backends,
+            device=device,
+            ort_threads=self._ort_threads(),
+            warmup=self.warmup,
+            repeats=self.repeats,
+            min_time_s=self.min_time_s,
+            rounds=self.rounds,
+        )
+
+    def _record(
+        self,
+        module: ImageClassifier,
+        datamodule: Any,
+        nets: dict[str, tuple[nn.Module, list[int]]],
+        blocks: dict[str, dict[str, Any]],
+        workdir: Path,
+        input_shape: tuple[int, ...],
+    ) -> BenchmarkRecord:
         plan = module.pruning_plan or {}
-        timings = dict(getattr(module, "pruning_timings", None) or {})
-        result = {
-            "capl_version": capl.__version__,
-            "run": {
-                "log_dir": str(workdir),
-                "stage": "test",
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "name": self.run_name,
-            },
-            "model": module.hparams.network,
-            "dataset": getattr(datamodule, "name", type(datamodule).__name__),
-            "classes": {
+        before, after = blocks["before"], blocks["after"]
+        return build_record(
+            version=capl.__version__,
+            run=run_info(str(workdir), self.run_name),
+            model=module.hparams.network,
+            dataset=getattr(datamodule, "name", type(datamodule).__name__),
+            classes={
                 "indices": list(datamodule.class_indices),
                 "names": list(datamodule.class_names),
             },
-            "strategy": plan.get("criterion"),
-            "ratio": (plan.get("config") or {}).get("ratio"),
-            "scope": (plan.get("config") or {}).get("scope"),
-            "target": (plan.get("config") or {}).get("target"),
-            "seed": _seed(),
-            "retrain_epochs": module.retrain_epochs,
-            "best_epoch": module.checkpoint_epochs if module.retrain_epochs else None,
-            "input_shape": {"accuracy": list(data_shape), "benchmark": list(input_shape)},
-            "accuracy_stages": accuracy_stages(blocks["before"], blocks["after"], module),
-            "before": blocks["before"],
-            "after": blocks["after"],
-            "realised": realised(blocks["before"], blocks["after"]),
-            # a plan made with a latency table: its predicted speed-up next to the measured one
-            "latency_prediction": latency_prediction(plan, blocks["before"], blocks["after"]),
-            "per_layer": per_layer_diff(base, after_net),
-            "timings_s": {
-                "selection": timings.get("selection", 0.0),
-                "removal": timings.get("removal", 0.0),
-                "retraining": timings.get("retraining", 0.0),
+            plan=plan,
+            seed=_seed(),
+            retrain_epochs=module.retrain_epochs,
+            best_epoch=module.checkpoint_epochs if module.retrain_epochs else None,
+            input_shape={
+                "accuracy": list(datamodule.input_shape),
+                "benchmark": list(input_shape),
             },
-            "environment": environment_info(ort_threads=self._ort_threads()),
-        }
-        path = write_json_atomic(output, result)
-        self.result = result
-        self._log(trainer, result)
-        rank_zero_info(
-            f"capl benchmark ({path}):\n{format_table(result['before'], result['after'])}"
+            stages=accuracy_stages(before, after, module),
+            before=before,
+            after=after,
+            per_layer=per_layer_diff(nets["before"][0], nets["after"][0]),
+            timings=dict(getattr(module, "pruning_timings", None) or {}),
+            environment=environment_info(ort_threads=self._ort_threads()),
+            # a plan made with a latency table: its predicted speed-up next to the measured one
+            latency_prediction=latency_prediction(plan, before, after),
         )
 
     def _ort_threads(self) -> int:
@@ -284,30 +317,15 @@ class BenchmarkCallback(Callback):
 
 def accuracy_stages(
     before: dict[str, Any], after: dict[str, Any], module: ImageClassifier
-) -> dict[str, Any]:
+) -> AccuracyStages:
     """Accuracy at each stage on the same k-way task: base, pruned, bn_recalibrated, retrained.
 
     ``pruned`` and ``bn_recalibrated`` were measured by the PruningCallback right after removal
     (they travel with checkpoints); ``retrained`` is the model under test when it was trained
-    after pruning; ``chance`` is ``1 / k``.
+    after pruning; ``chance`` is ``1 / k`` (see :func:`capl.benchmark.record.accuracy_stages`).
     """
-
-    def stage(block: dict[str, Any]) -> dict[str, Any]:
-        keys = ("accuracy", "accuracy_macro", "accuracy_per_class", "test_samples")
-        return {k: block[k] for k in keys if k in block}
-
-    stages: dict[str, Any] = {
-        "chance": 1.0 / max(1, len(before.get("accuracy_per_class") or {})),
-        "base": stage(before),
-    }
-    if module.pruning_plan is None:
-        return stages
-    stages.update(copy.deepcopy(module.accuracy_stages))
-    if module.retrain_epochs > 0:
-        stages["retrained"] = stage(after)
-    elif "pruned" not in stages:  # a checkpoint of an older capl: the model is the pruned one
-        stages["pruned"] = stage(after)
-    return stages
+    recorded = None if module.pruning_plan is None else module.accuracy_stages
+    return record_stages(before, after, recorded, retrained=module.retrain_epochs > 0)
 
 
 def _find_pruning_callback(trainer: Trainer) -> PruningCallback | None:

@@ -431,7 +431,7 @@ def test_log_benchmark_scalars_and_tensorboard(tmp_path):
     result = compare_models(
         before, after, (3, 16, 16), batch_sizes=(1,), backends=("torch",), memory=False, **FAST
     )
-    result.update(model="tiny", strategy={"name": "L1"}, ratio=0.5)
+    result.update(model="tiny", criterion={"name": "L1"}, ratio=0.5)
     scalars = benchmark_scalars(result)
     assert scalars["benchmark/after/macs"] == result["after"]["macs"]
     assert scalars["benchmark/realised/channels_removed"] == pytest.approx(0.25)

@@ -6,6 +6,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from capl.benchmark.record import criterion_name
+
 logger = logging.getLogger(__name__)
 
 _BLOCK_SCALARS = (
@@ -27,7 +29,7 @@ _REALISED_SCALARS = (
     "size_ratio",
     "theoretical_speedup",
 )
-_HPARAMS = ("model", "dataset", "strategy", "ratio", "scope", "target", "seed", "retrain_epochs")
+_HPARAMS = ("model", "dataset", "criterion", "ratio", "scope", "target", "seed", "retrain_epochs")
 
 
 def _number(value: Any) -> float | None:
@@ -79,8 +81,7 @@ def benchmark_scalars(result: Mapping[str, Any], prefix: str = "benchmark") -> d
 
 def run_label(result: Mapping[str, Any]) -> str:
     """``OCAP, ratio 0.5 (global, target macs)``: what a benchmark result pruned, and how much."""
-    strategy = result.get("strategy")
-    name = strategy.get("name") if isinstance(strategy, Mapping) else strategy
+    name = criterion_name(result)
     if not name:
         return "unpruned"
     details = [str(v) for v in (result.get("scope"),) if v]
@@ -174,8 +175,7 @@ def log_benchmark(lightning_logger: Any, result: Mapping[str, Any]) -> None:
         return
     try:
         hparams = {key: result.get(key) for key in _HPARAMS if key in result}
-        if isinstance(hparams.get("strategy"), Mapping):
-            hparams["strategy"] = hparams["strategy"].get("name")
+        hparams["criterion"] = criterion_name(result)
         hparams = {k: v for k, v in hparams.items() if isinstance(v, str | int | float | bool)}
         if hparams:
             # hp_metric: the accuracy of the pruned (or pruned and retrained) model under test
@@ -190,7 +190,7 @@ def log_benchmark(lightning_logger: Any, result: Mapping[str, Any]) -> None:
             figure = per_class_figure(before["accuracy_per_class"], after["accuracy_per_class"])
             experiment.add_figure("benchmark/per_class_accuracy", figure)
         if result.get("before") and result.get("after"):
-            from capl.benchmark.report import format_table
+            from capl.benchmark.table import format_table
 
             table = format_table(result["before"], result["after"])
             experiment.add_text("benchmark/summary", f"```\n{table}\n```")
