@@ -14,7 +14,17 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from capl.sweep.report import format_percent, format_speedup, read_results_csv
+from capl.benchmark.record import (
+    CHANCE,
+    CRITERION_NAME,
+    MACS_REMOVED,
+    SELECTION_TIME,
+    efficiency_key,
+    measured_speedup_key,
+    stage_accuracy_key,
+)
+from capl.sweep.formatting import format_percent, format_speedup
+from capl.sweep.rows import normalise_row, read_results_csv
 
 STAGES = ("pruned", "bn_recalibrated", "retrained")
 SPEEDUPS = [(b, n) for b in ("torch", "onnxruntime") for n in ("bs1", "bs32")]
@@ -37,7 +47,7 @@ def _groups(rows: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, 
     out: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
         if row.get("status") == "ok":
-            key = (row.get("strategy.name"), row.get("target"), row.get("ratio"))
+            key = (row.get(CRITERION_NAME), row.get("target"), row.get("ratio"))
             out[key].append(row)
     return out
 
@@ -54,20 +64,19 @@ def table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         cells = [str(name), f"{ratio:.0%} {'MACs' if target == 'macs' else 'weights'}"]
         cells.append(str(len(group)))
         for stage in STAGES:
-            mean, std, _ = _stat(r.get(f"accuracy_stages.{stage}.accuracy") for r in group)
+            mean, std, _ = _stat(r.get(stage_accuracy_key(stage)) for r in group)
             cells.append(format_percent(mean, std, 1))
-        mean, _, _ = _stat(r.get("realised.macs_removed") for r in group)
+        mean, _, _ = _stat(r.get(MACS_REMOVED) for r in group)
         cells.append(format_percent(mean, None, 1))
         for backend, batch in SPEEDUPS:
-            col = f"realised.measured_speedup.{backend}.{batch}"
-            mean, std, _ = _stat(r.get(col) for r in group)
+            mean, std, _ = _stat(r.get(measured_speedup_key(backend, batch)) for r in group)
             cells.append(format_speedup(mean, std))
         for backend in ("onnxruntime", "torch"):
-            mean, _, _ = _stat(r.get(f"realised.efficiency.{backend}.bs32") for r in group)
+            mean, _, _ = _stat(r.get(efficiency_key(backend, "bs32")) for r in group)
             cells.append("-" if mean is None else f"{mean:.2f}")
         # scores are computed once per criterion, subset and seed and reused across budgets
         computed = [r for r in group if r.get("scores_cached") is not True]
-        mean, _, _ = _stat(r.get("timings_s.selection") for r in computed)
+        mean, _, _ = _stat(r.get(SELECTION_TIME) for r in computed)
         cells.append("-" if mean is None else f"{mean:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -87,13 +96,13 @@ def main() -> None:
     for item in args.subset:
         label, _, indices = item.partition("=")
         names[indices.replace(" ", "")] = label
-    rows = read_results_csv(args.results)
+    rows = [normalise_row(row) for row in read_results_csv(args.results)]  # old: "strategy"
     by_subset: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
         by_subset[_subset(row, names)].append(row)
     for subset, subset_rows in by_subset.items():
-        base, base_std, _ = _stat(r.get("accuracy_stages.base.accuracy") for r in subset_rows)
-        chance, _, _ = _stat(r.get("accuracy_stages.chance") for r in subset_rows)
+        base, base_std, _ = _stat(r.get(stage_accuracy_key("base")) for r in subset_rows)
+        chance, _, _ = _stat(r.get(CHANCE) for r in subset_rows)
         print(
             f"### {subset}: base {format_percent(base, base_std, 2)} %, chance "
             f"{format_percent(chance, None, 1)} %\n"

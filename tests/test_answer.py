@@ -52,7 +52,7 @@ def make_rows(seeds: tuple[int, ...] = (0, 1)) -> list[dict[str, Any]]:
 
 
 def _group(summary: list[dict], strategy: str, ratio: float) -> dict:
-    return next(g for g in summary if g["strategy"] == strategy and g["ratio"] == ratio)
+    return next(g for g in summary if g["criterion"] == strategy and g["ratio"] == ratio)
 
 
 def test_report_opens_with_the_answer_table() -> None:
@@ -79,7 +79,7 @@ def test_report_opens_with_the_answer_table() -> None:
     expected = {}
     for strategy in ("OCAP", "L1Norm", "Magnitude"):
         values = [r["accuracy_stages.retrained.accuracy"] for r in rows
-                  if r["strategy.name"] == strategy and r["ratio"] == 0.6]  # fmt: skip
+                  if r["criterion.name"] == strategy and r["ratio"] == 0.6]  # fmt: skip
         expected[strategy] = (statistics.mean(values), statistics.stdev(values))
     order = sorted(expected, key=lambda s: expected[s][0], reverse=True)
     assert [line.split("|")[1].strip() for line in body] == order
@@ -229,6 +229,57 @@ def test_tensorboard_names_the_run_and_logs_the_accuracy_as_hp_metric() -> None:
     log_benchmark(logger, result)
     assert logger.metrics["hp_metric"] == result["after"]["accuracy"]
     assert not any(k.startswith("_") for k in logger.hparams)
-    assert logger.hparams["strategy"] == "OCAP" and logger.hparams["ratio"] == 0.5
+    assert logger.hparams["criterion"] == "OCAP" and logger.hparams["ratio"] == 0.5
     figure = logger.experiment.figures["benchmark/per_layer"]
     assert "OCAP, ratio 0.5" in figure.axes[0].get_title()
+
+
+def _panel_lines(ax: Any) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """A panel's criterion lines (label -> y values) and its reference levels (label -> ys)."""
+    from capl.sweep.plot_accuracy import BASE_LABEL, CHANCE_LABEL
+
+    data = {c.get_label(): list(c.lines[0].get_ydata()) for c in ax.containers}
+    levels: dict[str, list[float]] = {}
+    for line in ax.get_lines():
+        if line.get_label() in (BASE_LABEL, CHANCE_LABEL):
+            levels.setdefault(line.get_label(), []).append(float(line.get_ydata()[0]))
+    return data, levels
+
+
+def test_accuracy_plot_splits_class_subsets_with_their_own_base_lines() -> None:
+    subsets = {"0;2;4;6": ([0, 2, 4, 6], 0.9, 0.25), "1;3;7;8": ([1, 3, 7, 8], 0.7, 0.25)}
+    rows = []
+    for name, (indices, base, chance) in subsets.items():
+        for strategy in ("OCAP", "L1Norm"):
+            for ratio in (0.3, 0.6):
+                b = bench(strategy, ratio, 0)
+                b["classes"] = {"indices": indices, "names": [str(i) for i in indices]}
+                b["accuracy_stages"]["base"]["accuracy"] = base
+                b["accuracy_stages"]["chance"] = chance
+                drop = 0.4 * ratio if name == "1;3;7;8" else 0.1 * ratio  # similar classes suffer
+                b["accuracy_stages"]["pruned"]["accuracy"] = base - drop
+                rows.append(result_row(f"{strategy}-{name}-{ratio}", b))
+    summary = summarise(rows)
+    colours = plotting._colours(summary)
+    fig = _capture(lambda save: plot_accuracy_vs_macs(summary, "x.png", colours, save))
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 2 * 3  # one row per subset x pruned, BN-recalibrated, retrained
+    first, second = axes[0], axes[3]
+    assert "classes 0, 2, 4, 6" in first.get_title() and "right after removal" in first.get_title()
+    assert "classes 1, 3, 7, 8" in second.get_title()
+    for ax, key in ((first, "0;2;4;6"), (second, "1;3;7;8")):
+        _, base, chance = subsets[key]
+        data, levels = _panel_lines(ax)
+        assert levels == {"base model": [pytest.approx(100 * base)],
+                          "chance": [pytest.approx(100 * chance)]}  # fmt: skip
+        assert sorted(data) == ["L1Norm", "OCAP"]  # one line per criterion in this subset
+        drop = 0.4 if key == "1;3;7;8" else 0.1
+        for ys in data.values():
+            assert ys == pytest.approx([100 * (base - drop * r) for r in (0.3, 0.6)])
+    # one subset: one row per kind of criterion, as before, with the base at that subset's
+    one = summarise([r for r in rows if r["classes.indices"] == "0;2;4;6"])
+    fig = _capture(lambda save: plot_accuracy_vs_macs(one, "x.png", colours, save))
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 3 and "classes" not in axes[0].get_title()
+    data, levels = _panel_lines(axes[0])
+    assert levels["base model"] == [pytest.approx(90.0)] and len(data) == 2

@@ -96,7 +96,7 @@ def make_benchmark(strategy: str | None, ratio: float | None, seed: int) -> dict
         "model": "resnet18",
         "dataset": "digits",
         "classes": {"indices": [3, 5, 7], "names": ["three", "five", "seven"]},
-        "strategy": {"name": strategy, "negative_slope": 0.01} if pruned else None,
+        "criterion": {"name": strategy, "negative_slope": 0.01} if pruned else None,
         "ratio": ratio,
         "scope": "global",
         "target": "macs",
@@ -139,7 +139,7 @@ def make_rows() -> list[dict]:
                     result_row(point, make_benchmark(strategy, ratio, seed), index=len(rows))
                 )
     point = {
-        "strategy": {"name": "OCAP"},
+        "criterion": {"name": "OCAP"},
         "ratio": 0.6,
         "seed": 2,
         "scope": "global",
@@ -166,8 +166,8 @@ def folder(tmp_path: Path) -> Path:
 
 def test_flatten_keys() -> None:
     row = flatten(make_benchmark("OCAP", 0.3, 0))
-    assert row["strategy.name"] == "OCAP"
-    assert row["strategy.negative_slope"] == 0.01
+    assert row["criterion.name"] == "OCAP"
+    assert row["criterion.negative_slope"] == 0.01
     assert row["classes.indices"] == "3;5;7"
     assert row["classes.names"] == "three;five;seven"
     assert row["per_layer.layer1.0.conv1.before"] == 64
@@ -179,7 +179,7 @@ def test_flatten_keys() -> None:
     assert row["timings_s.selection"] > 0
     assert not any(isinstance(v, dict | list) for v in row.values())
     base = flatten(make_benchmark(None, None, 0))
-    assert base["strategy.name"] is None and "strategy" not in base
+    assert base["criterion.name"] is None and "criterion" not in base
 
 
 def test_csv_round_trip_preserves_values_and_types(folder: Path) -> None:
@@ -199,7 +199,7 @@ def test_csv_round_trip_preserves_values_and_types(folder: Path) -> None:
             assert got == value, key
             assert type(got) is type(value), key
         assert all(restored[k] is None for k in restored.keys() - original.keys())
-    assert back[0]["strategy.name"] is None
+    assert back[0]["criterion.name"] is None
     assert back[-1]["status"] == "failed"
     assert back[-1]["error"].endswith("CUDA out of memory")
     assert back[-1]["after.accuracy"] is None
@@ -208,13 +208,13 @@ def test_csv_round_trip_preserves_values_and_types(folder: Path) -> None:
 def test_summarise_mean_std_over_seeds() -> None:
     rows = make_rows()
     summary = summarise(rows)
-    assert summary[0]["strategy"] is None  # baseline first
-    assert [g["strategy"] for g in summary[1:]] == ["OCAP", "OCAP", "L1Norm", "L1Norm"]
+    assert summary[0]["criterion"] is None  # baseline first
+    assert [g["criterion"] for g in summary[1:]] == ["OCAP", "OCAP", "L1Norm", "L1Norm"]
     for group in summary[1:]:
         mine = [
             r
             for r in rows
-            if r["strategy.name"] == group["strategy"]
+            if r["criterion.name"] == group["criterion"]
             and r["ratio"] == group["ratio"]
             and r["status"] == "ok"
         ]
@@ -234,7 +234,7 @@ def test_summarise_mean_std_over_seeds() -> None:
         kept = np.array([r["per_layer.layer2.0.conv2.after"] / 128 for r in mine])
         assert group["per_layer"]["layer2.0.conv2"]["mean"] == pytest.approx(kept.mean())
     failed = [g for g in summary if g["failed"]]
-    assert len(failed) == 1 and failed[0]["strategy"] == "OCAP" and failed[0]["ratio"] == 0.6
+    assert len(failed) == 1 and failed[0]["criterion"] == "OCAP" and failed[0]["ratio"] == 0.6
     assert failed[0]["count"] == 2 and "CUDA out of memory" in failed[0]["errors"][0][1]
 
 
@@ -275,7 +275,7 @@ def test_report_contents(folder: Path) -> None:
         assert f"## {criterion}" in text
     assert f"| {format_percent(BASE_ACC)} |" in text  # baseline accuracy, "95.00"
     assert format_bytes(BASE_SIZE) in text
-    group = next(g for g in summary if g["strategy"] == "L1Norm" and g["ratio"] == 0.6)
+    group = next(g for g in summary if g["criterion"] == "L1Norm" and g["ratio"] == 0.6)
     acc = group["metrics"]["after.accuracy"]
     assert format_percent(acc["mean"], acc["std"]) in text
     speed = group["metrics"]["realised.measured_speedup.torch.bs32"]
@@ -345,7 +345,7 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_only_failures_still_reports(tmp_path: Path) -> None:
-    row = result_row("x", error="boom", point={"strategy": {"name": "OCAP"}, "ratio": 0.5})
+    row = result_row("x", error="boom", point={"criterion": {"name": "OCAP"}, "ratio": 0.5})
     write_results_csv([row], tmp_path / "results.csv")
     written = write_report(tmp_path)
     assert [p.name for p in written] == ["summary.csv", "report.md"]
@@ -438,7 +438,7 @@ def test_busy_latencies_are_marked(tmp_path: Path) -> None:
     write_results_csv(rows, tmp_path / "results.csv")
     rows = read_results_csv(tmp_path / "results.csv")
     summary = summarise(rows)
-    flagged = {(g["strategy"], g["ratio"]): g["busy"] for g in summary}
+    flagged = {(g["criterion"], g["ratio"]): g["busy"] for g in summary}
     assert flagged == {
         (None, None): [],
         ("OCAP", 0.3): [("onnxruntime", "bs32")],
@@ -449,3 +449,32 @@ def test_busy_latencies_are_marked(tmp_path: Path) -> None:
     speed = group["metrics"]["realised.measured_speedup.onnxruntime.bs32"]
     assert f"| {format_speedup(speed['mean'], speed['std'])}† |" in text
     assert text.count("† |") == 1  # only that cell
+
+
+def _legacy(benchmark: dict) -> dict:
+    """benchmark.json as capl 0.1.0 wrote it: the criterion under "strategy"."""
+    out = dict(benchmark)
+    out["strategy"] = out.pop("criterion")
+    return out
+
+
+def test_records_and_results_of_the_old_strategy_key_still_report(tmp_path: Path) -> None:
+    old = _legacy(make_benchmark("OCAP", 0.3, 0))
+    assert flatten(old)["criterion.name"] == "OCAP" and "strategy.name" not in flatten(old)
+    assert flatten(_legacy(make_benchmark(None, None, 0)))["criterion.name"] is None
+    # a results.csv written by that release: columns strategy.name, strategy.negative_slope
+    rows = []
+    for row in make_rows():
+        rows.append({k.replace("criterion.", "strategy.", 1): v for k, v in row.items()})
+    assert "strategy.name" in rows[1] and "criterion.name" not in rows[1]
+    write_results_csv(rows, tmp_path / "results.csv")
+    assert read_results_csv(tmp_path / "results.csv")[0]["strategy.name"] is None
+    assert report_main([str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    plots = list(plotting.PLOT_FILES.values())
+    assert text == render_report(make_rows(), plots)  # the report of the current spelling
+    for criterion in CRITERIA:
+        assert f"## {criterion}" in text
+    assert "- Criteria: OCAP, L1Norm" in text
+    summary = read_results_csv(tmp_path / "summary.csv")
+    assert [r["criterion.name"] for r in summary] == [None, "OCAP", "OCAP", "L1Norm", "L1Norm"]

@@ -15,7 +15,19 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from capl.sweep.report import _table, format_percent, format_speedup, natural_key
+from capl.benchmark.record import (
+    ACCURACY_AFTER,
+    ACCURACY_BEFORE,
+    CHANCE,
+    MACS_REMOVED,
+    NONZERO_PARAMS_REMOVED,
+    THEORETICAL_SPEEDUP,
+    efficiency_key,
+    measured_speedup_key,
+    stage_accuracy_key,
+)
+from capl.sweep.formatting import NA, format_percent, format_speedup, markdown_table, stat_of
+from capl.sweep.rows import natural_key
 
 __all__ = ["STAGES", "render_answer"]
 
@@ -26,14 +38,7 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("bn_recalibrated", "BN recal."),
     ("retrained", "Retrained"),
 )
-_NA = "-"
-
 Group = Mapping[str, Any]
-
-
-def _stat(group: Group, name: str) -> tuple[float | None, float | None]:
-    stat = group["metrics"].get(name)
-    return (None, None) if stat is None else (stat["mean"], stat["std"])
 
 
 def _pairs(groups: Iterable[Group], family: str) -> list[tuple[str, str]]:
@@ -71,15 +76,13 @@ def _task_lines(groups: Sequence[Group], rows: Sequence[Mapping[str, Any]]) -> l
     for g in groups:
         per_classes.setdefault(g["classes"], []).append(g)
     for classes, members in per_classes.items():
-        base = [v for g in members if (v := _stat(g, "accuracy_stages.base.accuracy")[0])]
-        base = base or [v for g in members if (v := _stat(g, "before.accuracy")[0])]
-        chance = next(
-            (v for g in members if (v := _stat(g, "accuracy_stages.chance")[0]) is not None), None
-        )
+        base = [v for g in members if (v := stat_of(g, stage_accuracy_key("base"))[0])]
+        base = base or [v for g in members if (v := stat_of(g, ACCURACY_BEFORE)[0])]
+        chance = next((v for g in members if (v := stat_of(g, CHANCE)[0]) is not None), None)
         where = f"{model or 'the model'} on {dataset or 'the data'}"
         if classes is not None:
             where += f", classes {str(classes).replace(';', ', ')}"
-        acc = format_percent(sum(base) / len(base)) + " %" if base else _NA
+        acc = format_percent(sum(base) / len(base)) + " %" if base else NA
         k = f" ({round(1 / chance)}-way task)" if chance else ""
         odds = f"; chance level {format_percent(chance)} %" if chance else ""
         lines.append(f"- Base model: {where}: accuracy {acc}{k}{odds}.")
@@ -87,16 +90,16 @@ def _task_lines(groups: Sequence[Group], rows: Sequence[Mapping[str, Any]]) -> l
 
 
 def _has(groups: Iterable[Group], name: str) -> bool:
-    return any(_stat(g, name)[0] is not None for g in groups)
+    return any(stat_of(g, name)[0] is not None for g in groups)
 
 
 def _columns(pruned: Sequence[Group]) -> tuple[list[str], list[int], list, dict[str, str]]:
     """Stage keys before retraining, retraining budgets, measured pairs, efficiency pairs."""
-    before = [k for k, _ in STAGES[:-1] if _has(pruned, f"accuracy_stages.{k}.accuracy")]
+    before = [k for k, _ in STAGES[:-1] if _has(pruned, stage_accuracy_key(k))]
     budgets = []
     for epochs in sorted({int(g["retrain_epochs"] or 0) for g in pruned} - {0}):
         trained = [g for g in pruned if int(g["retrain_epochs"] or 0) == epochs]
-        if _has(trained, "accuracy_stages.retrained.accuracy"):
+        if _has(trained, stage_accuracy_key("retrained")):
             budgets.append(epochs)
     largest: dict[str, str] = {}
     for backend, batch in _pairs(pruned, "efficiency"):
@@ -114,11 +117,11 @@ def _row(
     # fewest retraining epochs (the one whose "after" is the pruned network, where there is one)
     first = by_epochs[min(by_epochs)]
     cells = [label]
-    cells += [format_percent(*_stat(first, f"accuracy_stages.{k}.accuracy")) for k in before]
+    cells += [format_percent(*stat_of(first, stage_accuracy_key(k))) for k in before]
     final = None
     for epochs in budgets:
         group = by_epochs.get(epochs)
-        value = _stat(group, "accuracy_stages.retrained.accuracy") if group else (None, None)
+        value = stat_of(group, stage_accuracy_key("retrained")) if group else (None, None)
         final = value[0] if value[0] is not None else final
         cells.append(format_percent(*value))
     if final is None:
@@ -126,21 +129,17 @@ def _row(
             (
                 v
                 for k in reversed(before)
-                if (v := _stat(first, f"accuracy_stages.{k}.accuracy")[0]) is not None
+                if (v := stat_of(first, stage_accuracy_key(k))[0]) is not None
             ),
-            _stat(first, "after.accuracy")[0],
+            stat_of(first, ACCURACY_AFTER)[0],
         )
     cells += [
-        format_percent(*_stat(first, "realised.macs_removed"), digits=1),
-        format_percent(*_stat(first, "realised.nonzero_params_removed"), digits=1),
-        format_speedup(*_stat(first, "realised.theoretical_speedup")),
+        format_percent(*stat_of(first, MACS_REMOVED), digits=1),
+        format_percent(*stat_of(first, NONZERO_PARAMS_REMOVED), digits=1),
+        format_speedup(*stat_of(first, THEORETICAL_SPEEDUP)),
     ]
-    cells += [
-        format_speedup(*_stat(first, f"realised.measured_speedup.{b}.{bs}")) for b, bs in measured
-    ]
-    cells += [
-        _efficiency(*_stat(first, f"realised.efficiency.{b}.{bs}")) for b, bs in largest.items()
-    ]
+    cells += [format_speedup(*stat_of(first, measured_speedup_key(b, bs))) for b, bs in measured]
+    cells += [_efficiency(*stat_of(first, efficiency_key(b, bs))) for b, bs in largest.items()]
     return (-1.0 if final is None else final), cells
 
 
@@ -148,13 +147,13 @@ def render_answer(summary: Sequence[Group], rows: Sequence[Mapping[str, Any]]) -
     """Markdown lines of the answer section (empty when no pruned run succeeded).
 
     Args:
-        summary: Groups from :func:`capl.sweep.report.summarise`.
+        summary: Groups from :func:`capl.sweep.summary.summarise`.
         rows: The normalised ``results.csv`` rows (model and dataset names).
 
     Returns:
         Lines ending with a blank line.
     """
-    pruned = [g for g in summary if g["strategy"] is not None and g["count"]]
+    pruned = [g for g in summary if g["criterion"] is not None and g["count"]]
     if not pruned:
         return []
     columns = _columns(pruned)
@@ -169,7 +168,7 @@ def render_answer(summary: Sequence[Group], rows: Sequence[Mapping[str, Any]]) -
     scopes = len({g["scope"] for g in pruned}) > 1
     tables: dict[tuple, dict[str, list[Group]]] = {}
     for g in pruned:
-        label = f"{g['strategy']} ({g['scope']})" if scopes else str(g["strategy"])
+        label = f"{g['criterion']} ({g['scope']})" if scopes else str(g["criterion"])
         key = (g["target"], g["ratio"], g["classes"])
         tables.setdefault(key, {}).setdefault(label, []).append(g)
 
@@ -194,11 +193,11 @@ def render_answer(summary: Sequence[Group], rows: Sequence[Mapping[str, Any]]) -
             reverse=True,
         )
         out += [f"### {_budget_title(target, ratio, classes, many_classes)}", ""]
-        out += [_table(header, [cells for _, cells in ranked]), ""]
+        out += [markdown_table(header, [cells for _, cells in ranked]), ""]
     return out
 
 
 def _efficiency(value: float | None, std: float | None) -> str:
     if value is None:
-        return _NA
+        return NA
     return f"{value:.2f}" + ("" if std is None else f" ± {std:.2f}")

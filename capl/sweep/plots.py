@@ -1,4 +1,4 @@
-"""Sweep plots drawn from :func:`capl.sweep.report.summarise`'s groups.
+"""Sweep plots drawn from :func:`capl.sweep.summary.summarise`'s groups.
 
 Figures are built with matplotlib's object API on the Agg canvas (no pyplot, no display, no
 global backend switch), rendered into memory and written atomically, so a crashed or concurrent
@@ -19,6 +19,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
 
+from capl.benchmark.record import (
+    THEORETICAL_SPEEDUP,
+    TIMING_PHASES,
+    measured_speedup_key,
+    timing_key,
+)
 from capl.io import write_bytes_atomic
 
 __all__ = [
@@ -41,7 +47,6 @@ PLOT_FILES = {
 }
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-_TIMING_ORDER = ("selection", "removal", "retraining")
 _FIELDS = ("scope", "target", "classes", "retrain_epochs")
 
 Group = Mapping[str, Any]
@@ -55,7 +60,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 
 def _pruned(summary: Sequence[Group]) -> list[Group]:
-    return [g for g in summary if g["strategy"] is not None and g["count"]]
+    return [g for g in summary if g["criterion"] is not None and g["count"]]
 
 
 def _varying(groups: Sequence[Group]) -> list[str]:
@@ -76,7 +81,7 @@ def _series(summary: Sequence[Group]) -> dict[str, list[Group]]:
     varying = _varying(groups)
     series: dict[str, list[Group]] = {}
     for g in groups:
-        label = ", ".join([str(g["strategy"])] + [_field_label(f, g[f]) for f in varying])
+        label = ", ".join([str(g["criterion"])] + [_field_label(f, g[f]) for f in varying])
         series.setdefault(label, []).append(g)
     for items in series.values():
         items.sort(key=lambda g: (g["ratio"] is None, g["ratio"] or 0))
@@ -90,7 +95,7 @@ def _colours(summary: Sequence[Group]) -> dict[str, Any]:
     cmap = colormaps["tab10"]
     names: dict[str, None] = {}
     for g in _pruned(summary):
-        names.setdefault(str(g["strategy"]))
+        names.setdefault(str(g["criterion"]))
     return {name: cmap(i % 10) for i, name in enumerate(names)}
 
 
@@ -105,7 +110,7 @@ def plot_accuracy_vs_macs(summary: Sequence[Group], path: str | Path) -> list[Pa
     """Accuracy at each stage vs realised reduction (see :mod:`capl.sweep.plot_accuracy`).
 
     Args:
-        summary: Groups from :func:`capl.sweep.report.summarise`.
+        summary: Groups from :func:`capl.sweep.summary.summarise`.
         path: Destination PNG.
 
     Returns:
@@ -133,14 +138,14 @@ _EFFICIENCIES = (0.8, 0.5)
 
 
 def _speedup_points(
-    groups: Sequence[Group], strategy: str, backend: str, batch: str
+    groups: Sequence[Group], criterion: str, backend: str, batch: str
 ) -> list[tuple[float, float, float]]:
     points = []
     for g in groups:
-        if str(g["strategy"]) != strategy:
+        if str(g["criterion"]) != criterion:
             continue
-        x, _ = _mean(g, "realised.theoretical_speedup")
-        y, sy = _mean(g, f"realised.measured_speedup.{backend}.{batch}")
+        x, _ = _mean(g, THEORETICAL_SPEEDUP)
+        y, sy = _mean(g, measured_speedup_key(backend, batch))
         if x is not None and y is not None and x > 0 and y > 0:
             points.append((x, y, sy if g["count"] > 1 else 0.0))
     return points
@@ -180,7 +185,7 @@ def plot_speedup(summary: Sequence[Group], path: str | Path) -> list[Path]:
     the title.
 
     Args:
-        summary: Groups from :func:`capl.sweep.report.summarise`.
+        summary: Groups from :func:`capl.sweep.summary.summarise`.
         path: Destination PNG.
 
     Returns:
@@ -193,16 +198,16 @@ def plot_speedup(summary: Sequence[Group], path: str | Path) -> list[Path]:
     colours = _colours(summary)
     batches = sorted({b for bs in keys.values() for b in bs}, key=lambda b: (len(b), b))
     marker = {b: _MARKERS[i % len(_MARKERS)] for i, b in enumerate(batches)}
-    theoretical = [v for g in groups if (v := _mean(g, "realised.theoretical_speedup")[0])]
+    theoretical = [v for g in groups if (v := _mean(g, THEORETICAL_SPEEDUP)[0])]
     ceiling = 2.0 * max([2.0, *theoretical])
     floor = 0.25  # a pruned network 4x slower than its base is a timing outlier too
     fig = Figure(figsize=(4.8 * len(keys) + 2.2, 5), layout="constrained")
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
     for ax, (backend, backend_batches) in zip(axes, keys.items()):
         values, clipped = [1.0, *theoretical], 0
-        for strategy, colour in colours.items():
+        for criterion, colour in colours.items():
             for batch in backend_batches:
-                points = _speedup_points(groups, strategy, backend, batch)
+                points = _speedup_points(groups, criterion, backend, batch)
                 if not points:
                     continue
                 xs, ys, errs = zip(*points)
@@ -241,7 +246,7 @@ def _per_layer_budget(groups: Sequence[Group]) -> tuple[tuple, list[Group]]:
     for g in sorted(groups, key=lambda g: int(g["retrain_epochs"] or 0)):
         if g["per_layer"]:
             key = (g["target"], g["ratio"], g["classes"])
-            budgets.setdefault(key, {}).setdefault(f"{g['strategy']}|{g['scope']}", g)
+            budgets.setdefault(key, {}).setdefault(f"{g['criterion']}|{g['scope']}", g)
     key = min(budgets, key=lambda k: (-len(budgets[k]), abs((k[1] or 0) - 0.5), str(k)))
     return key, list(budgets[key].values())
 
@@ -253,7 +258,7 @@ def plot_per_layer(summary: Sequence[Group], path: str | Path) -> list[Path]:
     so that they compare; the other budgets are in ``summary.csv``. Layers are in network order.
 
     Args:
-        summary: Groups from :func:`capl.sweep.report.summarise` (their ``per_layer`` field).
+        summary: Groups from :func:`capl.sweep.summary.summarise` (their ``per_layer`` field).
         path: Destination PNG.
 
     Returns:
@@ -276,8 +281,8 @@ def plot_per_layer(summary: Sequence[Group], path: str | Path) -> list[Path]:
     for ax, g in zip(axes.flat, panels):
         kept = [g["per_layer"].get(n, {}).get("mean") for n in names]
         ax.bar(positions, [0 if k is None else 100 * k for k in kept], width=0.8,
-               color=colours.get(str(g["strategy"]), "tab:blue"))  # fmt: skip
-        label = f"{g['strategy']} ({g['scope']})" if scopes else str(g["strategy"])
+               color=colours.get(str(g["criterion"]), "tab:blue"))  # fmt: skip
+        label = f"{g['criterion']} ({g['scope']})" if scopes else str(g["criterion"])
         ax.set_title(label, fontsize="medium", loc="left")
         ax.set_ylim(0, 105)
         ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
@@ -309,7 +314,7 @@ def _timing_names(summary: Sequence[Group]) -> list[str]:
         for name in g["metrics"]
         if name.startswith("timings_s.")
     }
-    return [n for n in _TIMING_ORDER if n in names] + sorted(names.difference(_TIMING_ORDER))
+    return [n for n in TIMING_PHASES if n in names] + sorted(names.difference(TIMING_PHASES))
 
 
 def plot_overhead(summary: Sequence[Group], path: str | Path) -> list[Path]:
@@ -321,7 +326,7 @@ def plot_overhead(summary: Sequence[Group], path: str | Path) -> list[Path]:
     values.
 
     Args:
-        summary: Groups from :func:`capl.sweep.report.summarise`.
+        summary: Groups from :func:`capl.sweep.summary.summarise`.
         path: Destination PNG.
 
     Returns:
@@ -336,7 +341,7 @@ def plot_overhead(summary: Sequence[Group], path: str | Path) -> list[Path]:
     for groups in series.values():
         row = []
         for phase in phases:
-            stats = [g["metrics"].get(f"timings_s.{phase}") or {} for g in groups]
+            stats = [g["metrics"].get(timing_key(phase)) or {} for g in groups]
             pairs = [(st["mean"], st["count"]) for st in stats if st.get("count")]
             total = sum(n for _, n in pairs)
             row.append(sum(m * n for m, n in pairs) / total if total else 0.0)
@@ -369,7 +374,7 @@ def plot_all(summary: Sequence[Group], folder: str | Path) -> list[Path]:
     """Draw every plot into ``folder`` (names in :data:`PLOT_FILES`).
 
     Args:
-        summary: Groups from :func:`capl.sweep.report.summarise`.
+        summary: Groups from :func:`capl.sweep.summary.summarise`.
         folder: Output folder.
 
     Returns:
