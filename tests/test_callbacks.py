@@ -114,7 +114,7 @@ def test_prune_only_benchmark_matches_independent_counts(digits_base: Path, tmp_
     for name, layer in result["per_layer"].items():
         if name in widths:
             assert layer["after"] == widths[name]
-    assert result["strategy"]["name"] == "OCAP" and result["ratio"] == 0.5
+    assert result["criterion"]["name"] == "OCAP" and result["ratio"] == 0.5
     assert result["classes"] == {"indices": [3, 5, 8], "names": ["3", "5", "8"]}
     assert set(result["timings_s"]) == {"selection", "removal", "retraining"}
     assert result["timings_s"]["selection"] > 0
@@ -172,7 +172,7 @@ def test_prune_retrain_checkpoint_round_trip_and_resume(digits_base: Path, tmp_p
     assert sum(p.numel() for p in restored.network.parameters()) == pruned_params
     assert result["after"]["params"] == pruned_params
     assert result["timings_s"]["retraining"] > 0
-    assert result["strategy"]["name"] == "L1Norm"
+    assert result["criterion"]["name"] == "L1Norm"
     fitted.model.network.eval()
     restored.network.eval()
     x = torch.randn(4, 3, 8, 8)

@@ -100,7 +100,7 @@ def test_plain_capl_test_prints_no_third_party_noise(
     out, err = capfd.readouterr()
     _assert_quiet(out + err, caught)
     # capl's own progress is shown, once
-    progress = [ln for ln in err.splitlines() if ln.startswith("capl.benchmark.report: latency")]
+    progress = [ln for ln in err.splitlines() if ln.startswith("capl.benchmark.profile: latency")]
     assert progress and len(progress) == len(set(progress))
 
 
