@@ -190,7 +190,7 @@ def test_failing_points_are_recorded_and_retried(
     assert (tmp_path / "points" / status["ocap"].point_id / "traceback.txt").is_file()
     rows = {r["point_id"]: r for r in read_results_csv(tmp_path / "results.csv")}
     assert rows[status["ocap"].point_id]["status"] == "failed"
-    assert rows[status["ocap"].point_id]["strategy.name"] == "OCAP"
+    assert rows[status["ocap"].point_id]["criterion.name"] == "OCAP"
     assert (
         sweep_main(
             [
@@ -266,7 +266,7 @@ def test_job_array_indices_then_merge_equal_serial(serial: dict[str, Any], tmp_p
         "after.macs",
         "after.params",
         "realised.macs_removed",
-        "strategy.name",
+        "criterion.name",
         "ratio",
         "seed",
         "status",

@@ -212,7 +212,7 @@ class Point:
         """The point's settings in ``benchmark.json`` shape (rows of failed points use them)."""
         classes = self.classes if isinstance(self.classes, list) else [self.classes]
         out: dict[str, Any] = {
-            "strategy": {"name": self.criterion.class_name, **self.criterion_init_args()},
+            "criterion": {"name": self.criterion.class_name, **self.criterion_init_args()},
             "ratio": self.ratio,
             "scope": self.scope,
             "target": self.target,
