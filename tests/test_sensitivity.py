@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from capl.errors import ConfigError
-from capl.sweep.cli import sensitivity_main
-from capl.sweep.sensitivity import parse_sensitivity_config, suggest_ratios
+from capl.sensitivity import parse_sensitivity_config, suggest_ratios
+from capl.sensitivity.cli import main as sensitivity_main
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +79,8 @@ def test_ratio_zero_is_the_base_accuracy_in_plain_scan(base_weights: str) -> Non
     from capl.datamodules import DigitsSubset
     from capl.evaluation import accuracy_from_confusion, confusion_matrix, target_rows
     from capl.models import build_network
+    from capl.sensitivity import scan_layers
     from capl.strategies import OCAP
-    from capl.sweep.sensitivity import scan_layers
 
     dm = DigitsSubset(classes=[3, 5, 8], samples_per_class=20, calibration_samples_per_class=4)
     dm.setup("test")
@@ -136,8 +136,8 @@ def test_suggestion_feeds_a_layer_ratio_plan(base_weights: str) -> None:
     from capl.evaluation import target_rows
     from capl.models import build_network
     from capl.pruning import PruningConfig, make_plan, prunable_layers
+    from capl.sensitivity import scan_layers, suggested_pruning, suggested_pruning_yaml
     from capl.strategies import L1Norm
-    from capl.sweep.sensitivity import scan_layers, suggested_pruning, suggested_pruning_yaml
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -221,7 +221,7 @@ def test_cli_writes_suggested_pruning_yaml(base_weights: str, tmp_path: Path) ->
 
 
 def test_suggested_pruning_rejects_bad_ratios() -> None:
-    from capl.sweep.sensitivity import suggested_pruning
+    from capl.sensitivity import suggested_pruning
 
     with pytest.raises(ConfigError, match="layer_ratios"):
         suggested_pruning(

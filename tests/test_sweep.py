@@ -373,7 +373,7 @@ EXPERIMENTS = sorted((ROOT / "configs" / "experiments").glob("*.yaml"))
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
 def test_experiment_configs_parse(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if path.name.startswith("sensitivity"):
-        from capl.sweep.sensitivity import load_sensitivity_config
+        from capl.sensitivity import load_sensitivity_config
 
         load_sensitivity_config(path)
         return

@@ -1,7 +1,8 @@
-"""Console entry points of the sweep tools: ``capl-sweep``, ``capl-report``, ``capl-sensitivity``.
+"""Console entry points of the sweep tools: ``capl-sweep``, ``capl-report``.
 
 Library code logs; these entry points print one summary line (stdout) or one error line
-(stderr, exit code 2 for user errors).
+(stderr, exit code 2 for user errors); :mod:`capl.sensitivity.cli` (``capl-sensitivity``) shares
+these helpers.
 """
 
 from __future__ import annotations
@@ -12,15 +13,23 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from capl.errors import ConfigError
 from capl.sweep.report import REPORT_MD, write_report
 
-__all__ = ["report_main", "sensitivity_main", "sweep_main"]
+__all__ = [
+    "exit_interrupted",
+    "exit_with_error",
+    "report_main",
+    "sensitivity_main",
+    "setup_cli_logging",
+    "sweep_main",
+]
 
 
-def _setup_logging() -> None:
+def setup_cli_logging() -> None:
+    """Show capl's log lines on stderr and silence known third-party noise."""
     # capl's own loggers only (not the root logger): Lightning keeps its handler, no line twice
     from capl.console import quiet_third_party, setup_logging
 
@@ -28,13 +37,13 @@ def _setup_logging() -> None:
     setup_logging()
 
 
-def _fail(prog: str, err: BaseException) -> NoReturn:
+def exit_with_error(prog: str, err: BaseException) -> NoReturn:
     """Print ``PROG: error: MESSAGE`` on stderr and exit with code 2 (a user error)."""
     sys.stderr.write(f"{prog}: error: {err}\n")
     raise SystemExit(2) from None
 
 
-def _interrupted(prog: str, interrupt: KeyboardInterrupt) -> NoReturn:
+def exit_interrupted(prog: str, interrupt: KeyboardInterrupt) -> NoReturn:
     """Ctrl-C or SIGTERM: one line instead of a traceback; exit 130 / 143 as a shell would."""
     from capl.sweep.signals import INTERRUPTED_MESSAGE, exit_code
 
@@ -42,19 +51,7 @@ def _interrupted(prog: str, interrupt: KeyboardInterrupt) -> NoReturn:
     raise SystemExit(exit_code(interrupt)) from None
 
 
-def sweep_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``capl-sweep --config FILE --output DIR [--index N | --merge] [--dry-run]``.
-
-    Without ``--index``/``--merge`` every unfinished point runs in this process, then
-    ``results.csv``, ``report.md`` and plots are written. ``--index N`` (default
-    ``$SLURM_ARRAY_TASK_ID`` when set) runs point N only; ``--merge`` only collects the records.
-
-    Returns:
-        0 when every point that ran succeeded, 1 when some failed.
-
-    Raises:
-        SystemExit: Code 2 after a one-line error (invalid sweep file, index out of range, ...).
-    """
+def _sweep_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="capl-sweep",
         description="Run a capl sweep (criteria x ratios x scopes x targets x classes x seeds x "
@@ -89,37 +86,19 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a config entry, e.g. --set grid.seeds=[0] (YAML value; repeatable)",
     )
-    args = parser.parse_args(None if argv is None else list(argv))
+    return parser
 
-    from capl.sweep.grid import expand_grid, load_sweep_config
-    from capl.sweep.runner import SweepRun, describe, run_sweep
 
-    index = args.index
-    if index is None and not (args.merge or args.base_only or args.dry_run):
-        task = os.environ.get("SLURM_ARRAY_TASK_ID")
-        if task is not None and task.strip().isdigit():
-            index = int(task)
-    try:
-        config = load_sweep_config(args.config, args.set)
-        if args.dry_run:
-            points, skipped = expand_grid(config)
-            output = args.output if args.output.is_dir() else None
-            sys.stdout.write(describe(SweepRun(points, skipped), output) + "\n")
-            return 0
-        _setup_logging()
-        run = run_sweep(
-            config,
-            args.output,
-            index=index,
-            merge=args.merge,
-            base_only=args.base_only,
-            plots=not args.no_plots,
-            force=args.force,
-        )
-    except ConfigError as err:
-        _fail("capl-sweep", err)
-    except KeyboardInterrupt as interrupt:  # SIGTERM too (capl.sweep.signals)
-        _interrupted("capl-sweep", interrupt)
+def _array_index(args: argparse.Namespace) -> int | None:
+    """``--index``, else ``$SLURM_ARRAY_TASK_ID`` when a plain run is asked for."""
+    if args.index is not None or args.merge or args.base_only or args.dry_run:
+        return args.index
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    return int(task) if task is not None and task.strip().isdigit() else None
+
+
+def _summary(args: argparse.Namespace, run: Any) -> int:
+    """Print the run's one summary line (and each failed point); the exit code."""
     if args.base_only:
         sys.stdout.write(f"capl-sweep: base model ready ({run.base_seconds:.1f}s)\n")
         return 0
@@ -139,40 +118,54 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def sensitivity_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``capl-sensitivity --config FILE --output DIR``: per-layer pruning scan.
+def sweep_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``capl-sweep --config FILE --output DIR [--index N | --merge] [--dry-run]``.
+
+    Without ``--index``/``--merge`` every unfinished point runs in this process, then
+    ``results.csv``, ``report.md`` and plots are written. ``--index N`` (default
+    ``$SLURM_ARRAY_TASK_ID`` when set) runs point N only; ``--merge`` only collects the records.
 
     Returns:
-        0 on success.
+        0 when every point that ran succeeded, 1 when some failed.
 
     Raises:
-        SystemExit: Code 2 after a one-line error on stderr.
+        SystemExit: Code 2 after a one-line error (invalid sweep file, index out of range, ...).
     """
-    parser = argparse.ArgumentParser(
-        prog="capl-sensitivity",
-        description="Prune one layer at a time at several ratios and record the accuracy; "
-        "writes sensitivity.csv, sensitivity.png, suggestion.json and suggested_pruning.yaml.",
-    )
-    parser.add_argument("--config", required=True, type=Path, help="sensitivity YAML")
-    parser.add_argument("--output", required=True, type=Path, help="output folder")
-    args = parser.parse_args(None if argv is None else list(argv))
+    args = _sweep_parser().parse_args(None if argv is None else list(argv))
 
-    from capl.sweep.sensitivity import load_sensitivity_config, run_sensitivity
+    from capl.sweep.grid import expand_grid, load_sweep_config
+    from capl.sweep.runner import SweepRun, describe, run_sweep
 
+    index = _array_index(args)
     try:
-        config = load_sensitivity_config(args.config)
-        _setup_logging()
-        result = run_sensitivity(config, args.output)
+        config = load_sweep_config(args.config, args.set)
+        if args.dry_run:
+            points, skipped = expand_grid(config)
+            output = args.output if args.output.is_dir() else None
+            sys.stdout.write(describe(SweepRun(points, skipped), output) + "\n")
+            return 0
+        setup_cli_logging()
+        run = run_sweep(
+            config,
+            args.output,
+            index=index,
+            merge=args.merge,
+            base_only=args.base_only,
+            plots=not args.no_plots,
+            force=args.force,
+        )
     except ConfigError as err:
-        _fail("capl-sensitivity", err)
-    except KeyboardInterrupt as interrupt:
-        _interrupted("capl-sensitivity", interrupt)
-    sys.stdout.write(
-        f"capl-sensitivity: {len(result.layers)} layers x {len(config.ratios)} ratios, base "
-        f"accuracy {result.base_accuracy:.4f}; wrote sensitivity.csv, sensitivity.png, "
-        f"suggestion.json, suggested_pruning.yaml to {args.output}\n"
-    )
-    return 0
+        exit_with_error("capl-sweep", err)
+    except KeyboardInterrupt as interrupt:  # SIGTERM too (capl.sweep.signals)
+        exit_interrupted("capl-sweep", interrupt)
+    return _summary(args, run)
+
+
+def sensitivity_main(argv: Sequence[str] | None = None) -> int:
+    """``capl-sensitivity``: :func:`capl.sensitivity.cli.main` (its former home was here)."""
+    from capl.sensitivity.cli import main
+
+    return main(argv)
 
 
 def report_main(argv: Sequence[str] | None = None) -> int:
@@ -202,7 +195,7 @@ def report_main(argv: Sequence[str] | None = None) -> int:
         remove_stale_temp_files(args.folder, recursive=False)
         written = write_report(args.folder, plots=not args.no_plots)
     except (FileNotFoundError, ValueError, csv.Error) as err:
-        _fail("capl-report", err)
+        exit_with_error("capl-report", err)
     n_plots = sum(1 for p in written if p.suffix == ".png")
     sys.stdout.write(f"capl-report: wrote {REPORT_MD} and {n_plots} plots to {args.folder}\n")
     return 0
