@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
+from capl.criteria import Criterion
 from capl.errors import ConfigError
 from capl.evaluation import evaluate_subset
 from capl.io import write_bytes_atomic, write_json_atomic
@@ -29,7 +30,6 @@ from capl.pruning import (
     select_scores,
 )
 from capl.pruning.latency_table import LatencySpec, LatencyTable, network_latency_table
-from capl.strategies import Criterion
 
 log = logging.getLogger(__name__)
 

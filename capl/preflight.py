@@ -144,7 +144,7 @@ def summarise_parse_error(message: str, subcommand: str | None = None) -> str:
 
 
 def _criteria_hint() -> str:
-    from capl.strategies import available_criteria
+    from capl.criteria import available_criteria
 
     return f"valid criteria are {', '.join(sorted(available_criteria()))} (class_path: NAME)"
 

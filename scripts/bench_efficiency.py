@@ -44,12 +44,12 @@ from capl.benchmark import (
     paired_latency,
     torch_timer,
 )
+from capl.criteria import available_criteria, get_criterion
 from capl.errors import ConfigError
 from capl.models import build_network, find_classifier
 from capl.pruning import PruningConfig, apply_plan, make_plan
 from capl.pruning.latency_table import LatencySpec, network_latency_table
 from capl.pruning.select import select_scores
-from capl.strategies import available_criteria, get_criterion
 
 log = logging.getLogger("bench_efficiency")
 CLASSES = 10

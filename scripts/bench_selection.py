@@ -37,11 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from capl.criteria import available_criteria, get_criterion
 from capl.datamodules import DigitsSubset
 from capl.io import write_json_atomic
 from capl.models import build_network
 from capl.pruning import PruningConfig, make_plan, select_scores
-from capl.strategies import available_criteria, get_criterion
 
 Batches = list[tuple[Tensor, Tensor]]
 

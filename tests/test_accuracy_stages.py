@@ -161,8 +161,8 @@ def test_benchmark_input_size_measures_at_deployment_resolution(
 
 def test_bad_stage_options_are_one_line_errors() -> None:
     from capl.callbacks import BenchmarkCallback, PruningCallback
+    from capl.criteria import L1Norm
     from capl.errors import ConfigError
-    from capl.strategies import L1Norm
 
     with pytest.raises(ConfigError, match="bn_recalibration must be >= 0"):
         PruningCallback(L1Norm(), bn_recalibration=-1)

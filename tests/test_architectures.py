@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from capl.architectures import TORCHVISION_CNNS, TORCHVISION_TRANSFORMERS, family
 from capl.benchmark.onnx_export import export_onnx
+from capl.criteria import get_criterion
 from capl.errors import ConfigError
 from capl.models import (
     SUPPORTED_NETWORKS,
@@ -41,7 +42,6 @@ from capl.models import (
 from capl.pruning import PruningConfig, PruningPlan, apply_plan, make_plan, prunable_layers
 from capl.pruning.structure import LayerCost, analyse
 from capl.pruning.tracing import forward_all, out_channel_fn, static_index_maps, trace
-from capl.strategies import get_criterion
 from tests.conftest import randomise_batchnorm
 
 ROWS = [3, 5, 7]

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
+from capl.criteria import L1Norm, Magnitude
 from capl.errors import ConfigError
 from capl.models import build_network
 from capl.pruning import PruningConfig, make_plan, prunable_layers
 from capl.pruning import latency_table as lt
 from capl.pruning.latency_table import LatencySpec, LatencyTable, kept_widths
 from capl.pruning.structure import analyse
-from capl.strategies import L1Norm, Magnitude
 
 SIZE = 16
 

@@ -11,6 +11,9 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from capl.criteria import available_criteria
+from capl.criteria import base as criteria_base
+from capl.criteria.base import Criterion
 from capl.errors import ConfigError
 from capl.models import build_network, find_classifier
 from capl.pruning import (
@@ -25,9 +28,6 @@ from capl.pruning import (
     prunable_layers,
     pruning_report,
 )
-from capl.strategies import available_criteria
-from capl.strategies import base as strategies_base
-from capl.strategies.base import Criterion
 from tests.conftest import randomise_batchnorm
 
 ARCHS = ["resnet18", "resnet50", "vgg16", "vgg16_bn", "mobilenet_v3_large", "efficientnet_b0"]
@@ -82,7 +82,7 @@ def _one_thread():
 
 # test-only criteria must not show up in other test files' registry-wide contract tests
 for _cls in (_TestL1, _TestRandomScores):
-    strategies_base._REGISTRY.pop(_cls.__name__, None)
+    criteria_base._REGISTRY.pop(_cls.__name__, None)
 
 
 def _real(granularity: str) -> list[type[Criterion]]:

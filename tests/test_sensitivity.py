@@ -76,11 +76,11 @@ def test_scan_writes_table_plot_and_suggestion(base_weights: str, tmp_path: Path
 
 
 def test_ratio_zero_is_the_base_accuracy_in_plain_scan(base_weights: str) -> None:
+    from capl.criteria import OCAP
     from capl.datamodules import DigitsSubset
     from capl.evaluation import accuracy_from_confusion, confusion_matrix, target_rows
     from capl.models import build_network
     from capl.sensitivity import scan_layers
-    from capl.strategies import OCAP
 
     dm = DigitsSubset(classes=[3, 5, 8], samples_per_class=20, calibration_samples_per_class=4)
     dm.setup("test")
@@ -132,12 +132,12 @@ def test_invalid_sensitivity_config(base_weights: str) -> None:
 def test_suggestion_feeds_a_layer_ratio_plan(base_weights: str) -> None:
     """scan -> suggestion -> PruningConfig(layer_ratios=...) -> plan removes what the scan did."""
     from capl.callbacks import PruningCallback
+    from capl.criteria import L1Norm
     from capl.datamodules import DigitsSubset
     from capl.evaluation import target_rows
     from capl.models import build_network
     from capl.pruning import PruningConfig, make_plan, prunable_layers
     from capl.sensitivity import scan_layers, suggested_pruning, suggested_pruning_yaml
-    from capl.strategies import L1Norm
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -185,7 +185,7 @@ def test_suggestion_feeds_a_layer_ratio_plan(base_weights: str) -> None:
             "classes": [3, 5, 8],
             "base_weights": base_weights,
             "max_accuracy_drop": 1.0,
-            "criterion": {"class_path": "capl.strategies.L1Norm", "init_args": {}},
+            "criterion": {"class_path": "capl.criteria.L1Norm", "init_args": {}},
             "layer_ratios": layer_ratios,
         }
         entry = suggested_pruning(suggestion)
@@ -215,7 +215,7 @@ def test_cli_writes_suggested_pruning_yaml(base_weights: str, tmp_path: Path) ->
     (entry,) = yaml.safe_load(text)
     assert entry["class_path"] == "capl.callbacks.PruningCallback"
     args = entry["init_args"]
-    assert args["criterion"]["class_path"] == "capl.strategies.L1Norm"
+    assert args["criterion"]["class_path"] == "capl.criteria.L1Norm"
     assert args["layer_ratios"] == suggestion["layer_ratios"]
     PruningConfig(**{k: v for k, v in args.items() if k != "criterion"})
 
@@ -225,5 +225,5 @@ def test_suggested_pruning_rejects_bad_ratios() -> None:
 
     with pytest.raises(ConfigError, match="layer_ratios"):
         suggested_pruning(
-            {"layer_ratios": {"conv1": 1.0}, "criterion": {"class_path": "capl.strategies.L1Norm"}}
+            {"layer_ratios": {"conv1": 1.0}, "criterion": {"class_path": "capl.criteria.L1Norm"}}
         )

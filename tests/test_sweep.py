@@ -165,7 +165,7 @@ def test_interrupted_sweep_resumes_without_duplicates(
 def test_failing_points_are_recorded_and_retried(
     serial: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import capl.strategies
+    import capl.criteria
 
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("collect exploded")
@@ -173,8 +173,8 @@ def test_failing_points_are_recorded_and_retried(
     def user_error(*args: Any, **kwargs: Any) -> Any:
         raise ConfigError("bad taylor setting: fix it")  # the CLI turns it into SystemExit(2)
 
-    monkeypatch.setattr(capl.strategies.OCAP, "collect", boom)
-    monkeypatch.setattr(capl.strategies.Taylor, "score", user_error)
+    monkeypatch.setattr(capl.criteria.OCAP, "collect", boom)
+    monkeypatch.setattr(capl.criteria.Taylor, "score", user_error)
     base = {
         "network": "resnet20",
         "small_input": True,
@@ -385,7 +385,7 @@ def test_experiment_configs_parse(path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_demo_runs_every_criterion() -> None:
-    from capl.strategies import available_criteria
+    from capl.criteria import available_criteria
 
     config = load_sweep_config(ROOT / "configs" / "experiments" / "demo.yaml")
     points, _ = expand_grid(config)

@@ -27,9 +27,9 @@ import yaml
 from torch import nn
 
 from capl.cli import main
+from capl.criteria import LRP
 from capl.io import remove_stale_temp_files
 from capl.models import build_network
-from capl.strategies import LRP
 from capl.sweep import read_results_csv
 from capl.sweep.cli import sweep_main
 from capl.sweep.grid import parse_sweep_config
@@ -344,7 +344,7 @@ def test_lrp_zplus_folds_batchnorm_first() -> None:
 
 def test_sweep_docstring_example_builds_its_criteria() -> None:
     import capl.sweep.grid as grid
-    from capl.strategies import Criterion
+    from capl.criteria import Criterion
 
     block = grid.__doc__.split("::\n", 1)[1].split("\nEvery problem")[0]
     config = parse_sweep_config(yaml.safe_load(textwrap.dedent(block)))

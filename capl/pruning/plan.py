@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from capl.criteria.base import Criterion, model_device
 from capl.errors import ConfigError
 from capl.models import head_outputs
 from capl.pruning._threads import single_threaded
@@ -29,7 +30,6 @@ from capl.pruning.plan_format import PLAN_VERSION, PruningPlan, fingerprint, pla
 from capl.pruning.removal import apply_plan, class_subset_head, make_masks_permanent
 from capl.pruning.report import pruning_report
 from capl.pruning.structure import Structure, analyse, prunable_layers
-from capl.strategies.base import Criterion, model_device
 
 __all__ = [
     "PLAN_VERSION",

@@ -35,7 +35,7 @@ class PruningPlan:
             applies to a network with the same fingerprint.
         input_shape: Per-sample input shape ``[C, H, W]`` used to trace the network.
         granularity: ``"filter"`` (structured), ``"kernel"`` or ``"weight"`` (masks).
-        criterion: The criterion's :meth:`~capl.strategies.base.Criterion.settings`.
+        criterion: The criterion's :meth:`~capl.criteria.base.Criterion.settings`.
         config: The :class:`PruningConfig` used.
         removed: Structured: ``[key conv name, removed output-channel indices]`` per group, in
             application order; the indices number the key conv's channels as they are when that

@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from torch import Tensor, nn
 
+from capl.criteria.base import Criterion
 from capl.pruning.structure import prunable_layers
-from capl.strategies.base import Criterion
 
 __all__ = ["select_scores"]
 

@@ -14,9 +14,9 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from capl.criteria.base import run_in_eval
 from capl.models import aux_heads
 from capl.pruning.tracing import forward_all
-from capl.strategies.base import run_in_eval
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ import torch_pruning as tp
 import torch_pruning.dependency.index_mapping as tp_index_mapping
 from torch import Tensor, nn
 
+from capl.criteria.base import run_in_eval
 from capl.errors import ConfigError
 from capl.models import aux_heads
-from capl.strategies.base import run_in_eval
 
 _SHUFFLE_MODULES: tuple[tuple[str, str], ...] = (
     ("torchvision.models.shufflenetv2", "channel_shuffle"),

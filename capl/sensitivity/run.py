@@ -42,7 +42,7 @@ def _check(config: SensitivityConfig, output: Path) -> Any:
     Returns:
         The criterion, built.
     """
-    from capl.strategies import Criterion
+    from capl.criteria import Criterion
 
     preflight.prepare_output(output)
     sections = {"trainer": config.trainer}

@@ -147,21 +147,21 @@ def _targets(where: str, value: Any) -> list[str | None]:
 
 def _criterion_path(where: str, path: Any) -> str:
     """A criterion's full class path: a capl short name (any case) or a Criterion subclass."""
-    from capl.strategies import available_criteria
+    from capl.criteria import available_criteria
 
     registry = available_criteria()
     if not isinstance(path, str) or not path:
         raise ConfigError(f"{where}.class_path must be a criterion name or dotted path")
     short = path.rsplit(".", 1)[-1]
     by_lower = {k.lower(): k for k in registry}
-    if "." not in path or path.startswith("capl.strategies."):
+    if "." not in path or path.startswith("capl.criteria."):
         if short.lower() not in by_lower:
             raise ConfigError(
                 f"{where}: unknown criterion {path!r}: choose one of {', '.join(sorted(registry))}"
             )
-        return f"capl.strategies.{by_lower[short.lower()]}"
+        return f"capl.criteria.{by_lower[short.lower()]}"
     # only a Criterion subclass may be built from a config (never subprocess.run)
-    from capl.strategies import Criterion
+    from capl.criteria import Criterion
     from capl.sweep.preflight import import_class
 
     import_class(path, Criterion, where)

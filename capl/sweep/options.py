@@ -13,8 +13,8 @@ from typing import Any
 from jsonargparse import ArgumentParser
 
 from capl.callbacks import BenchmarkCallback, PruningCallback
+from capl.criteria import L1Norm
 from capl.errors import ConfigError
-from capl.strategies import L1Norm
 
 __all__ = ["POINT_BENCHMARK_KEYS", "POINT_PRUNING_KEYS", "benchmark_options", "pruning_options"]
 

@@ -9,9 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from capl.errors import ConfigError
-from capl.models import build_network, cut_head
-from capl.strategies import (
+from capl.criteria import (
     LRP,
     OCAP,
     APoZ,
@@ -25,7 +23,9 @@ from capl.strategies import (
     available_criteria,
     get_criterion,
 )
-from capl.strategies._activations import ActivationSites, all_convs, following_batchnorms
+from capl.criteria._activations import ActivationSites, all_convs, following_batchnorms
+from capl.errors import ConfigError
+from capl.models import build_network, cut_head
 
 ARCHS = ["resnet18", "resnet50", "vgg16", "vgg16_bn", "mobilenet_v3_large", "efficientnet_b0"]
 ROWS = [3, 5, 7, 9]
@@ -325,7 +325,7 @@ def test_lrp_composite_restores_model(arch: str) -> None:
 def test_lrp_fast_rules_equal_zennit_reference(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from zennit.rules import AlphaBeta, ZPlus
 
-    from capl.strategies import lrp as lrp_module
+    from capl.criteria import lrp as lrp_module
 
     torch.manual_seed(3)
     net = _PlainNet() if arch == "plain" else copy.deepcopy(_network(arch))

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from capl.strategies._activations import ActivationSites, conv_layers, iter_batches, new_stat
-from capl.strategies.base import Batch, Criterion, model_device, run_in_eval
+from capl.criteria._activations import ActivationSites, conv_layers, iter_batches, new_stat
+from capl.criteria.base import Batch, Criterion, model_device, run_in_eval
 
 
 class OCAP(Criterion):

@@ -7,8 +7,8 @@ import zlib
 import torch
 from torch import Tensor, nn
 
-from capl.strategies._activations import conv_layers
-from capl.strategies.base import Criterion
+from capl.criteria._activations import conv_layers
+from capl.criteria.base import Criterion
 
 
 class Random(Criterion):

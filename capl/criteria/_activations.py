@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from capl.strategies.base import Batch
+from capl.criteria.base import Batch
 
 
 def conv_layers(layers: Mapping[str, nn.Module]) -> dict[str, nn.Conv2d]:

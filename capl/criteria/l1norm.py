@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from capl.strategies._activations import conv_layers
-from capl.strategies.base import Criterion
+from capl.criteria._activations import conv_layers
+from capl.criteria.base import Criterion
 
 
 class L1Norm(Criterion):

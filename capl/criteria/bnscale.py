@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from capl.strategies._activations import conv_layers, following_batchnorms
-from capl.strategies.base import Criterion
+from capl.criteria._activations import conv_layers, following_batchnorms
+from capl.criteria.base import Criterion
 
 
 class BNScale(Criterion):
@@ -13,7 +13,7 @@ class BNScale(Criterion):
 
     Liu et al., "Learning Efficient Convolutional Networks through Network Slimming", ICCV 2017.
     The conv -> BN pairing is the static one of
-    :func:`~capl.strategies._activations.following_batchnorms` (the BN registered right after the
+    :func:`~capl.criteria._activations.following_batchnorms` (the BN registered right after the
     conv with matching width, which is the forward order in torchvision networks).
 
     A conv with no following affine BatchNorm (VGG without BN, SE-block convs) falls back to the

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from capl.strategies._activations import conv_layers
-from capl.strategies.base import Criterion
+from capl.criteria._activations import conv_layers
+from capl.criteria.base import Criterion
 
 
 class KernelMagnitude(Criterion):
@@ -43,7 +43,7 @@ class IntraKernel(Criterion):
     Workshops 2017 (fine-grained sparsity inside kernels); the pattern view follows Niu et al.,
     "PatDNN", ASPLOS 2020.
 
-    Unlike :class:`~capl.strategies.magnitude.Magnitude`, which compares raw ``|w|`` across the
+    Unlike :class:`~capl.criteria.magnitude.Magnitude`, which compares raw ``|w|`` across the
     whole network (so kernels or layers with small weights are emptied first), the score here is
     ``|w| / max|w|`` within the weight's own kernel. Ranking these globally removes the same
     *relative* share of each kernel: every kernel keeps its largest weight at any threshold below 1,

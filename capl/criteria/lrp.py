@@ -19,14 +19,14 @@ from zennit.torchvision import ResNetCanonizer
 from zennit.types import Activation, AvgPool, BatchNorm, Convolution
 from zennit.types import Linear as LinearType
 
-from capl.strategies._activations import (
+from capl.criteria._activations import (
     ActivationSites,
     conv_layers,
     iter_batches,
     new_stat,
     rows_tensor,
 )
-from capl.strategies.base import Batch, Criterion, model_device, run_in_eval
+from capl.criteria.base import Batch, Criterion, model_device, run_in_eval
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
