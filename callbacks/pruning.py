@@ -61,7 +61,8 @@ class PruningCallback(Callback):
         ignore: Layer-name patterns (fnmatch) never pruned.
         skip_first: Number of leading convolutions never pruned.
         round_to: Keep channel counts multiples of this (hardware-friendly widths); ``auto``
-            (default) picks the multiple for the device (8 on CPU), ``null`` keeps any width.
+            (default) picks the multiple for the device (on CPU 16 with AVX-512, else 8), ``null``
+            keeps any width.
         min_channels: Channels every pruned layer keeps at least.
         layer_ratios: ``{fnmatch pattern: ratio}`` overriding ``ratio`` for the channel groups
             whose first conv matches (first pattern wins); needs ``scope: layer`` and no

@@ -240,11 +240,18 @@ def test_round_to_keeps_multiples() -> None:
             assert kept % 8 == 0, (arch, key, kept)
 
 
-def test_round_to_auto_is_the_default_and_explicit_values_win() -> None:
+def test_round_to_auto_is_the_default_and_explicit_values_win(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert PruningConfig(0.5).round_to == "auto"
-    assert auto_round_to("cpu") == 8
+    assert auto_round_to("cpu", cpu_capability="AVX2") == 8
+    assert auto_round_to("cpu", cpu_capability="DEFAULT") == 8
+    assert auto_round_to("cpu", cpu_capability="AVX512") == 16
     assert auto_round_to("cuda", torch.float32) == auto_round_to("cuda", torch.float16) == 8
     assert auto_round_to("cuda", torch.int8) == 16
+    assert auto_round_to("cuda", torch.int8, cpu_capability="AVX2") == 16  # CPU's is not read
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert auto_round_to("cpu") == 8
     model, plan = _plan("resnet18", ratio=0.3, round_to="auto")
     assert plan.report["selection"]["round_to"] == 8
     assert plan.removed
@@ -260,6 +267,32 @@ def test_round_to_auto_is_the_default_and_explicit_values_win() -> None:
     _, exact = _plan("resnet18", ratio=0.3, round_to=None)
     assert exact.report["selection"]["round_to"] is None
     assert any((64 - len(i)) % 8 for k, i in exact.removed if k == "conv1")
+
+
+def test_round_to_auto_on_avx512_keeps_mobilenet_widths_whole_blocks_of_16(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # AVX-512 kernels (ONNX Runtime's NCHWc, oneDNN) block channels by 16: a width of 8 mod 16
+    # is padded, and the 16-channel stem pruned to 8 leaves the blocked layout for reorders
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    model, plan = _plan("mobilenet_v3_large", ratio=0.5, target="macs", round_to="auto")
+    assert plan.report["selection"]["round_to"] == 16
+    assert plan.report["macs_removed_fraction"] == pytest.approx(0.5, abs=0.02)
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    base_widths = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    kept = {n: m.out_channels for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d)}
+    changed = {n: w for n, w in kept.items() if w != base_widths[n]}
+    assert changed and all(w % 16 == 0 for w in changed.values()), changed
+    # the stem group (stem conv, first block's depthwise and projection) stays 16 wide
+    for name in ("features.0.0", "features.1.block.0.0", "features.1.block.1.0"):
+        assert kept[name] == base_widths[name] == 16
+    # squeeze-excitation squeeze widths and depthwise convs follow the same multiple
+    assert kept["features.5.block.2.fc1"] % 16 == 0 and kept["features.5.block.1.0"] % 16 == 0
+    _, explicit = _plan("mobilenet_v3_large", ratio=0.5, target="macs", round_to=16)
+    assert explicit.removed == plan.removed
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    _, avx2 = _plan("mobilenet_v3_large", ratio=0.5, target="macs", round_to="auto")
+    assert avx2.report["selection"]["round_to"] == 8
 
 
 def test_masks_ignore_round_to_auto(caplog: pytest.LogCaptureFixture) -> None:

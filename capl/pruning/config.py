@@ -158,7 +158,11 @@ class PruningConfig:
         return cls(**data)
 
 
-def auto_round_to(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> int:
+def auto_round_to(
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    cpu_capability: str | None = None,
+) -> int:
     """The channel multiple ``round_to: auto`` keeps for a network on ``device``.
 
     Convolution kernels process channels in fixed-size blocks and pad a partial block, so a
@@ -166,18 +170,26 @@ def auto_round_to(device: torch.device | str = "cpu", dtype: torch.dtype = torch
     MACs it saves are not realised (the width-latency staircase of ``scripts/bench_widths.py``,
     ``benchmarks/efficiency.md``). The rule:
 
-    - CPU: 8, the fp32 lanes of an AVX2 register (oneDNN's and ONNX Runtime's MLAS NCHWc
-      kernels block channels by 8, by 16 on AVX-512). 16 would match AVX-512 exactly but leaves
-      too few widths in narrow layers (a 16-channel layer could only stay whole), and with
-      multiples of 8 at most half a block is padded.
+    - CPU: the fp32 lanes of the widest vector register the CPU kernels use, which is the
+      channel block of ONNX Runtime's MLAS NCHWc kernels and oneDNN's blocked layouts: 16 on
+      AVX-512, 8 otherwise (AVX2 and narrower, ARM). On AVX-512 a width of 8 mod 16 is padded
+      to the next 16, and a tensor whose channels are not a multiple of 16 leaves the blocked
+      layout around every elementwise op (residual add, squeeze-excitation scale) for a
+      reorder, which costs more than the MACs saved: MobileNetV3-Large at 224 on ONNX
+      Runtime lost 0.2 of its efficiency with multiples of 8 (``benchmarks/efficiency.md``).
     - CUDA: the 16-byte alignment tensor-core convolutions need, at least 8 channels: 8 for
       fp32 (TF32) and 16-bit floats, 16 for 8-bit types.
 
     Args:
         device: Where the network is planned (and is to run).
         dtype: Its parameters' dtype.
+        cpu_capability: The CPU's vector capability as
+            ``torch.backends.cpu.get_cpu_capability()`` names it (``"AVX512"``, ``"AVX2"``,
+            ...); read from torch when ``None``.
     """
     if torch.device(device).type == "cuda":
         itemsize = torch.empty((), dtype=dtype).element_size()
         return max(8, 16 // itemsize)
-    return 8
+    if cpu_capability is None:
+        cpu_capability = torch.backends.cpu.get_cpu_capability()
+    return 16 if cpu_capability.upper().startswith("AVX512") else 8
