@@ -14,127 +14,49 @@ splitting and loaders lives here so that every dataset follows the same conventi
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from capl.errors import ConfigError
 
+from .selection import (
+    ClassNames,
+    SplitDraw,
+    check_flag,
+    check_fraction,
+    check_int,
+    check_optional_int,
+    draw_splits,
+    kept_test_positions,
+    resolve_classes,
+)
+from .sources import (
+    DatasetImageSource,
+    ImageSource,
+    LoadedSplit,
+    SubsetImageDataset,
+    TensorImageSource,
+    subset_dataset,
+)
+
 log = logging.getLogger(__name__)
 
-__all__ = ["ClassSubsetDataModule", "DatasetImageSource", "TensorImageSource"]
-
-# Precomputing a deterministic split as one tensor is much faster than transforming item by
-# item, but must not blow up memory (e.g. CIFAR upsampled to 224x224).
-_PRECOMPUTE_LIMIT_BYTES = 256 * 2**20
-_PRECOMPUTE_CHUNK = 4096
-
-# Purposes mixed into the per-class random streams, so that changing one draw (e.g. the
-# calibration size) never changes another (e.g. the validation split).
-_STREAM_SPLIT = 1
-_STREAM_CALIBRATION = 2
-_STREAM_TEST = 3
-# The test cap's draw ignores ``seed``: every seed of a study is measured on the same images.
-_TEST_CAP_SEED = 20_241_202
-
-
-class TensorImageSource:
-    """Images held in memory as one tensor.
-
-    Args:
-        images: ``[N, C, H, W]`` tensor, ``uint8`` in 0..255 or floating point in [0, 1].
-    """
-
-    def __init__(self, images: Tensor) -> None:
-        if images.ndim != 4:
-            raise ValueError(f"expected images of shape [N, C, H, W], got {tuple(images.shape)}")
-        self.images = images
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def image(self, index: int) -> Tensor:
-        """Return image ``index`` as a ``[C, H, W]`` tensor."""
-        return self.images[index]
-
-
-class DatasetImageSource:
-    """Images loaded item by item from a map-style dataset (e.g. a torchvision dataset).
-
-    Args:
-        dataset: A dataset whose items are ``(image, target)``; only the image is used, the
-            labels come from the DataModule's own label array.
-    """
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def image(self, index: int) -> Any:
-        """Return image ``index`` as the dataset produces it (usually a PIL image)."""
-        return self.dataset[index][0]
-
-
-ImageSource = TensorImageSource | DatasetImageSource
-
-
-@dataclass
-class LoadedSplit:
-    """One split of a dataset as a subclass loads it.
-
-    Attributes:
-        source: Where the images come from.
-        labels: Original class index of every image in ``source`` (``int64``, length N).
-    """
-
-    source: ImageSource
-    labels: np.ndarray
-
-
-class SubsetImageDataset(Dataset):
-    """Selected images of a source with remapped labels and a per-item transform.
-
-    Args:
-        source: Where the images come from.
-        indices: Positions in ``source`` that make up this dataset.
-        labels: Remapped label (``0..k-1``) of each selected image.
-        transform: Applied to each image; returns a float ``[3, H, W]`` tensor.
-    """
-
-    def __init__(
-        self,
-        source: ImageSource,
-        indices: np.ndarray,
-        labels: np.ndarray,
-        transform: Callable[[Any], Tensor],
-    ) -> None:
-        self.source = source
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image = self.transform(self.source.image(int(self.indices[index])))
-        return image, self.labels[index]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+__all__ = [
+    "ClassSubsetDataModule",
+    "DatasetImageSource",
+    "ImageSource",
+    "LoadedSplit",
+    "SubsetImageDataset",
+    "TensorImageSource",
+]
 
 
 class ClassSubsetDataModule(LightningDataModule):
@@ -203,56 +125,29 @@ class ClassSubsetDataModule(LightningDataModule):
         test_samples_per_class: int | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(root, str | os.PathLike):
-            raise ConfigError(f"root must be a path string, got {root!r}")
-        self.root = os.fspath(root)
-        if self.needs_root and not self.root:
-            raise ConfigError(
-                f"{self.title} needs root: the folder holding the dataset (data.init_args.root)"
-            )
-        self.batch_size = self._check_int("batch_size", batch_size, minimum=1)
-        self.num_workers = self._check_int("num_workers", num_workers, minimum=0)
-        self.samples_per_class = (
-            None
-            if samples_per_class is None
-            else self._check_int("samples_per_class", samples_per_class, minimum=1)
+        self.root = self._check_root(root)
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.num_workers = check_int("num_workers", num_workers, minimum=0)
+        self.samples_per_class = check_optional_int("samples_per_class", samples_per_class)
+        self.val_fraction = check_fraction("val_fraction", val_fraction)
+        self.test_samples_per_class = check_optional_int(
+            "test_samples_per_class", test_samples_per_class
         )
-        if (
-            isinstance(val_fraction, bool)
-            or not isinstance(val_fraction, int | float)
-            or not 0.0 <= float(val_fraction) < 1.0
-        ):
-            raise ConfigError(
-                f"val_fraction must be a number in [0, 1), got {val_fraction!r}; "
-                "e.g. val_fraction: 0.1"
-            )
-        self.val_fraction = float(val_fraction)
-        self.test_samples_per_class = (
-            None
-            if test_samples_per_class is None
-            else self._check_int("test_samples_per_class", test_samples_per_class, minimum=1)
-        )
-        self.calibration_samples_per_class = self._check_int(
+        self.calibration_samples_per_class = check_int(
             "calibration_samples_per_class", calibration_samples_per_class, minimum=1
         )
         self.image_size = (
-            self.native_size
-            if image_size is None
-            else self._check_int("image_size", image_size, minimum=1)
+            self.native_size if image_size is None else check_int("image_size", image_size, 1)
         )
-        if not isinstance(augment, bool):
-            raise ConfigError(f"augment must be true or false, got {augment!r}")
-        self.augment = augment
-        self.seed = self._check_int("seed", seed, minimum=0)
-        if not isinstance(download, bool):
-            raise ConfigError(f"download must be true or false, got {download!r}")
-        if download and self.download_refusal:
+        self.augment = check_flag("augment", augment)
+        self.seed = check_int("seed", seed, minimum=0)
+        if check_flag("download", download) and self.download_refusal:
             raise ConfigError(self.download_refusal)
         self.download = download
 
         self._all_class_names = list(self.all_class_names())
         self.total_classes: int = len(self._all_class_names)
-        self.class_indices: list[int] = self._resolve_classes(classes)
+        self.class_indices: list[int] = resolve_classes(classes, self._class_names())
         self.class_names: list[str] = [self._all_class_names[i] for i in self.class_indices]
         self.num_classes: int = len(self.class_indices)
         self.input_shape: tuple[int, int, int] = (3, self.image_size, self.image_size)
@@ -306,16 +201,17 @@ class ClassSubsetDataModule(LightningDataModule):
                 steps.append(v2.RandomHorizontalFlip())
         return steps
 
-    # ---------------------------------------------------------------------- validation helpers
+    # ------------------------------------------------------------------------- root, classes
 
-    @staticmethod
-    def _check_int(name: str, value: Any, minimum: int) -> int:
-        if not _is_int(value) or value < minimum:
+    @classmethod
+    def _check_root(cls, root: Any) -> str:
+        if not isinstance(root, str | os.PathLike):
+            raise ConfigError(f"root must be a path string, got {root!r}")
+        if cls.needs_root and not os.fspath(root):
             raise ConfigError(
-                f"{name} must be an integer >= {minimum}, got {value!r}; "
-                f"set {name} to a value >= {minimum}"
+                f"{cls.title} needs root: the folder holding the dataset (data.init_args.root)"
             )
-        return int(value)
+        return os.fspath(root)
 
     def _class_label(self, index: int) -> str:
         return f"{index} ({self._all_class_names[index]!r})"
@@ -325,68 +221,14 @@ class ClassSubsetDataModule(LightningDataModule):
             return "valid names: " + ", ".join(self._all_class_names)
         return f"{self.total_classes} classes, see the class list of {self.title}"
 
-    def _resolve_classes(self, classes: list[int | str] | str | None) -> list[int]:
-        total = self.total_classes
-        if classes is None:
-            return list(range(total))
-        if isinstance(classes, str):
-            key = classes.strip().lower()
-            if key in self.named_subsets:
-                items: list[Any] = list(self.named_subsets[key])
-            else:
-                items = [part.strip() for part in classes.split(",") if part.strip()]
-        elif isinstance(classes, Sequence):
-            items = list(classes)
-        else:
-            raise ConfigError(
-                f"classes must be a list of class indices or names, a comma-separated string or "
-                f"null, got {classes!r}"
-            )
-        if not items:
-            raise ConfigError(
-                f"classes selects no class of {self.title}; list at least one class, or use "
-                "null for all classes"
-            )
-        by_name = {n: i for i, n in enumerate(self._all_class_names)}
-        by_folded = {n.casefold(): i for i, n in enumerate(self._all_class_names)}
-        aliases = self.class_aliases()
-        resolved: list[int] = []
-        for item in items:
-            if _is_int(item):
-                index = int(item)
-                if not 0 <= index < total:
-                    raise ConfigError(
-                        f"class index {index} is out of range for {self.title}: use indices "
-                        f"0..{total - 1}"
-                    )
-            elif isinstance(item, str):
-                text = item.strip()
-                if text in by_name:
-                    index = by_name[text]
-                elif text in aliases:
-                    index = aliases[text]
-                elif text.casefold() in by_folded:
-                    index = by_folded[text.casefold()]
-                elif text.isdigit() and int(text) < total:
-                    index = int(text)
-                else:
-                    close = difflib.get_close_matches(text, self._all_class_names, n=3)
-                    suggestion = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-                    raise ConfigError(
-                        f"unknown class {text!r} for {self.title}{suggestion}; use an index "
-                        f"0..{total - 1} or a class name ({self._unknown_class_hint()})"
-                    )
-            else:
-                raise ConfigError(
-                    f"class {item!r} must be an index or a name (string) of {self.title}"
-                )
-            if index in resolved:
-                raise ConfigError(
-                    f"duplicate class {self._class_label(index)} in classes "
-                    f"(given as {item!r}): list each class once"
-                )
-            resolved.append(index)
-        return resolved
+    def _class_names(self) -> ClassNames:
+        return ClassNames(
+            self.title,
+            self._all_class_names,
+            self.class_aliases(),
+            self.named_subsets,
+            self._unknown_class_hint(),
+        )
 
     # ----------------------------------------------------------------------------- transforms
 
@@ -429,50 +271,15 @@ class ClassSubsetDataModule(LightningDataModule):
         self._check_labels(train, "training")
         self._check_labels(test, "test")
 
-        lookup = np.full(self.total_classes, -1, dtype=np.int64)
-        lookup[self.class_indices] = np.arange(self.num_classes)
-
-        train_parts: list[np.ndarray] = []
-        val_parts: list[np.ndarray] = []
-        calibration_parts: list[np.ndarray] = []
-        for original in self.class_indices:
-            positions = np.flatnonzero(train.labels == original)
-            if len(positions) == 0:
-                raise ConfigError(
-                    f"class {self._class_label(original)} has no training images in "
-                    f"{self.title} at {self.root}; drop it from classes or fix root"
-                )
-            rng = np.random.default_rng([self.seed, _STREAM_SPLIT, original])
-            positions = rng.permutation(positions)
-            n_val = self._val_count(len(positions), original)
-            val_parts.append(np.sort(positions[:n_val]))
-            kept = positions[n_val:]
-            if self.samples_per_class is not None:
-                if self.samples_per_class > len(kept):
-                    raise ConfigError(
-                        f"samples_per_class={self.samples_per_class} exceeds the "
-                        f"{len(kept)} training images of class {self._class_label(original)} "
-                        f"left after carving validation; lower samples_per_class or "
-                        f"val_fraction"
-                    )
-                kept = kept[: self.samples_per_class]
-            train_parts.append(np.sort(kept))
-            if self.calibration_samples_per_class > len(kept):
-                raise ConfigError(
-                    f"calibration_samples_per_class={self.calibration_samples_per_class} "
-                    f"exceeds the {len(kept)} training images of class "
-                    f"{self._class_label(original)}; lower calibration_samples_per_class"
-                )
-            cal_rng = np.random.default_rng([self.seed, _STREAM_CALIBRATION, original])
-            calibration_parts.append(
-                cal_rng.choice(kept, size=self.calibration_samples_per_class, replace=False)
-            )
-
-        self.train_indices = np.sort(np.concatenate(train_parts))
-        self.val_indices = np.sort(np.concatenate(val_parts))
-        # Grouped by class in the user's order: deterministic and easy to inspect.
-        self.calibration_indices = np.concatenate(calibration_parts)
-        self.test_indices = self._test_positions(test.labels, lookup)
+        draw = SplitDraw(
+            self.seed, self.val_fraction, self.samples_per_class, self.calibration_samples_per_class
+        )
+        self.train_indices, self.val_indices, self.calibration_indices = draw_splits(
+            train.labels, self.class_indices, draw, self._class_label, self._no_training_images
+        )
+        self.test_indices = kept_test_positions(
+            test.labels, self.class_indices, self.test_samples_per_class
+        )
         for original in self.class_indices:
             if not np.any(test.labels == original):
                 log.warning(
@@ -482,6 +289,8 @@ class ClassSubsetDataModule(LightningDataModule):
                     self.root,
                 )
 
+        lookup = np.full(self.total_classes, -1, dtype=np.int64)
+        lookup[self.class_indices] = np.arange(self.num_classes)
         self.train_dataset = self._make_dataset(train, self.train_indices, lookup, train=True)
         self.val_dataset = self._make_dataset(train, self.val_indices, lookup, train=False)
         self.calibration_dataset = self._make_dataset(
@@ -501,17 +310,11 @@ class ClassSubsetDataModule(LightningDataModule):
             self.input_shape,
         )
 
-    def _test_positions(self, labels: np.ndarray, lookup: np.ndarray) -> np.ndarray:
-        kept = np.flatnonzero(lookup[labels] >= 0)
-        cap = self.test_samples_per_class
-        if cap is None:
-            return kept
-        parts = []
-        for original in self.class_indices:
-            positions = kept[labels[kept] == original]
-            rng = np.random.default_rng([_TEST_CAP_SEED, _STREAM_TEST, original])
-            parts.append(rng.permutation(positions)[:cap])
-        return np.sort(np.concatenate(parts))
+    def _no_training_images(self, original: int) -> str:
+        return (
+            f"class {self._class_label(original)} has no training images in {self.title} at "
+            f"{self.root}; drop it from classes or fix root"
+        )
 
     def _check_labels(self, split: LoadedSplit, what: str) -> None:
         labels = split.labels
@@ -526,37 +329,14 @@ class ClassSubsetDataModule(LightningDataModule):
                 f", expected 0..{self.total_classes - 1}; the files are malformed, re-download"
             )
 
-    def _val_count(self, available: int, original: int) -> int:
-        if self.val_fraction == 0.0:
-            return 0
-        n_val = max(1, round(self.val_fraction * available))
-        if available - n_val < 1:
-            raise ConfigError(
-                f"class {self._class_label(original)} has only {available} training image(s), "
-                f"too few to carve val_fraction={self.val_fraction}; lower val_fraction"
-            )
-        return n_val
-
     def _make_dataset(
         self, split: LoadedSplit, indices: np.ndarray, lookup: np.ndarray, train: bool
     ) -> Dataset:
         labels = lookup[split.labels[indices]]
         transform = self._transform(train)
-        if isinstance(split.source, TensorImageSource) and not self._is_random(train):
-            size = self.image_size
-            estimate = len(indices) * 3 * size * size * 4
-            if estimate <= _PRECOMPUTE_LIMIT_BYTES:
-                chunks = [
-                    transform(split.source.images[indices[i : i + _PRECOMPUTE_CHUNK]])
-                    for i in range(0, len(indices), _PRECOMPUTE_CHUNK)
-                ]
-                images = (
-                    torch.cat(chunks)
-                    if chunks
-                    else torch.empty((0, *self.input_shape), dtype=torch.float32)
-                )
-                return TensorDataset(images, torch.as_tensor(labels, dtype=torch.int64))
-        return SubsetImageDataset(split.source, indices, labels, transform)
+        return subset_dataset(
+            split, indices, labels, transform, self.input_shape, self._is_random(train)
+        )
 
     # -------------------------------------------------------------------------------- loaders
 
