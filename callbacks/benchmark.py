@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import tempfile
@@ -24,9 +25,11 @@ from capl.benchmark import (
     per_layer_diff,
     profile_model,
 )
+from capl.benchmark.group import LatencyJob
 from capl.benchmark.record import AccuracyStages, BenchmarkRecord, build_record, run_info
 from capl.benchmark.record import accuracy_stages as record_stages
 from capl.benchmark.tensorboard import log_benchmark
+from capl.callbacks.benchmark_sharing import ONNX_FILE_KEY, base_key, cached_base_block, complete
 from capl.callbacks.pruning import PruningCallback
 from capl.errors import ConfigError
 from capl.evaluation import evaluate_subset, target_rows
@@ -76,6 +79,16 @@ class BenchmarkCallback(Callback):
             deployment resolution ``[3, 224, 224]``); default the dataset's input shape.
             Accuracy is always measured on the dataset's images. Both shapes are recorded under
             ``input_shape`` in benchmark.json.
+        base_cache: A folder where the base model's block (accuracy, per-class accuracy, MACs,
+            parameters, sizes, peak memory, ONNX export; not latency) is kept after the first
+            run, keyed by the base weights, head classes, data settings, input size and these
+            options (:mod:`capl.benchmark.base_cache`); later runs with the same key read it
+            instead of measuring the base again. ``capl-sweep`` sets ``OUTPUT/base_bench``.
+        latency: ``paired`` times the base and the model under test here, in alternating
+            rounds. ``deferred`` leaves both ``latency_ms`` blocks empty and keeps the model in
+            :attr:`pending` (a :class:`~capl.benchmark.group.LatencyJob`) for ``capl-sweep``,
+            which times the models of a group of points against their base in one interleaved
+            run and completes each benchmark.json.
     """
 
     def __init__(
@@ -92,6 +105,8 @@ class BenchmarkCallback(Callback):
         exporter: Literal["auto", "dynamo", "torchscript"] = "auto",
         rounds: int = 6,
         input_size: list[int] | None = None,
+        base_cache: str | None = None,
+        latency: Literal["paired", "deferred"] = "paired",
     ) -> None:
         super().__init__()
         self.batch_sizes = list(batch_sizes or [1, 32])
@@ -126,7 +141,14 @@ class BenchmarkCallback(Callback):
         ):
             raise ConfigError(f"input_size must be [C, H, W] with positive sizes, got {input_size}")
         self.input_size = None if input_size is None else [int(v) for v in input_size]
+        if latency not in ("paired", "deferred"):
+            raise ConfigError(f"latency must be paired or deferred, got {latency!r}")
+        self.latency = latency
+        if base_cache is not None:
+            check_writable(Path(base_cache), "BenchmarkCallback base_cache")
+        self.base_cache = base_cache
         self.result: dict[str, Any] | None = None
+        self.pending: LatencyJob | None = None
 
     @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -140,14 +162,32 @@ class BenchmarkCallback(Callback):
     @rank_zero_only
     def _benchmark(self, trainer: Trainer, module: ImageClassifier, output: Path) -> None:
         datamodule = trainer.datamodule
-        data_shape = tuple(datamodule.input_shape)
-        input_shape = self._input_shape(data_shape)
+        input_shape = self._input_shape(tuple(datamodule.input_shape))
         device = self.device or ("cuda" if trainer.strategy.root_device.type == "cuda" else "cpu")
         nets = self._nets(module, _find_pruning_callback(trainer))
-        blocks = self._measure(nets, datamodule, input_shape, device)
+        deferred = self.latency == "deferred"
+        key = None
+        if self.base_cache is not None or deferred:
+            options = {"exporter": self.exporter, **self._timing(device)}
+            key = base_key(nets["before"], datamodule, input_shape, options)
+        with tempfile.TemporaryDirectory(prefix="capl-onnx-") as tmp:
+            # a deferred run keeps its ONNX files next to benchmark.json until they are timed
+            workdir = output.parent if deferred else Path(tmp)
+            blocks, onnx = self._measure(nets, datamodule, input_shape, device, workdir, key)
+            if not deferred:
+                # both models timed together, interleaved, so the speed-up is not machine noise
+                models = [net for net, _ in nets.values()]
+                latencies = paired_latency(models, onnx, input_shape, **self._timing(device))
+                for block, latency in zip(blocks.values(), latencies):
+                    block["latency_ms"] = latency
         result = self._record(module, datamodule, nets, blocks, output.parent, input_shape)
         path = write_json_atomic(output, result)
         self.result = dict(result)
+        if deferred:
+            assert key is not None
+            self.pending = self._job(key, module, nets, onnx, input_shape, device, output, trainer)
+            rank_zero_info(f"capl benchmark ({path}): latency deferred to a group timing run")
+            return
         self._log(trainer, self.result)
         rank_zero_info(
             f"capl benchmark ({path}):\n{format_table(result['before'], result['after'])}"
@@ -181,50 +221,62 @@ class BenchmarkCallback(Callback):
         datamodule: Any,
         input_shape: tuple[int, ...],
         device: str,
-    ) -> dict[str, dict[str, Any]]:
-        """Each model's block: accuracy on the selected classes, profile, paired latency."""
-        blocks = {}
-        with tempfile.TemporaryDirectory(prefix="capl-onnx-") as onnx_dir:
-            for key, (net, head) in nets.items():
-                rows = target_rows(head, datamodule.class_indices)
-                net.to(device)
-                loader = datamodule.test_dataloader()
-                blocks[key] = {
-                    **evaluate_subset(net, loader, rows, datamodule.class_names),
-                    **self._profile(net, input_shape, device, Path(onnx_dir) / key),
-                }
-            onnx = [(blocks[k].get("onnx") or {}).get("path") for k in nets]
-            models = [net for net, _ in nets.values()]
-            latencies = self._paired_latency(models, onnx, input_shape, device)
-        for key, latency in zip(nets, latencies):
-            blocks[key]["latency_ms"] = latency
-            if blocks[key].get("onnx"):
-                blocks[key]["onnx"]["path"] = None  # the temporary export is gone
-        for net, _ in nets.values():
-            net.cpu()
-        return blocks
+        workdir: Path,
+        key: str | None,
+    ) -> tuple[dict[str, dict[str, Any]], list[str | None]]:
+        """Each model's block but latency (the base's from ``base_cache``), and its ONNX file."""
 
-    def _paired_latency(
+        def measure(name: str, folder: Path) -> dict[str, Any]:
+            return self._block(nets[name], datamodule, input_shape, device, folder, name)
+
+        if self.base_cache is None:
+            before = measure("before", workdir)
+        else:
+            assert key is not None
+            before = cached_base_block(self.base_cache, key, lambda f: measure("before", f))
+        blocks = {"before": before, "after": measure("after", workdir)}
+        onnx: list[str | None] = [block.pop(ONNX_FILE_KEY) for block in blocks.values()]
+        for block in blocks.values():
+            if block.get("onnx"):
+                block["onnx"]["path"] = None  # a temporary or cached file, not the run's output
+        return blocks, onnx
+
+    def _block(
         self,
-        nets: list[nn.Module],
-        onnx: list[str | None],
+        net_head: tuple[nn.Module, list[int]],
+        datamodule: Any,
         input_shape: tuple[int, ...],
         device: str,
-    ) -> list[dict[str, dict[str, Any]]]:
-        # both models timed together, interleaved, so the speed-up is not machine noise
-        return paired_latency(
-            nets,
-            onnx,
-            input_shape,
-            batch_sizes=self.batch_sizes,
-            backends=self.backends,
-            device=device,
-            ort_threads=self._ort_threads(),
-            warmup=self.warmup,
-            repeats=self.repeats,
-            min_time_s=self.min_time_s,
-            rounds=self.rounds,
-        )
+        workdir: Path,
+        name: str,
+    ) -> dict[str, Any]:
+        """Accuracy on the selected classes and the profile (no latency) of one model."""
+        net, head = net_head
+        rows = target_rows(head, datamodule.class_indices)
+        net.to(device)
+        try:
+            loader = datamodule.test_dataloader()
+            block = {
+                **evaluate_subset(net, loader, rows, datamodule.class_names),
+                **self._profile(net, input_shape, device, workdir, name),
+            }
+        finally:
+            net.cpu()
+        block[ONNX_FILE_KEY] = str(workdir / f"{name}.onnx") if block.get("onnx") else None
+        return block
+
+    def _timing(self, device: str) -> dict[str, Any]:
+        """The latency protocol's options (:func:`capl.benchmark.paired_latency`)."""
+        return {
+            "batch_sizes": self.batch_sizes,
+            "backends": self.backends,
+            "device": device,
+            "ort_threads": self._ort_threads(),
+            "warmup": self.warmup,
+            "repeats": self.repeats,
+            "min_time_s": self.min_time_s,
+            "rounds": self.rounds,
+        }
 
     def _record(
         self,
@@ -264,11 +316,45 @@ class BenchmarkCallback(Callback):
             latency_prediction=latency_prediction(plan, before, after),
         )
 
+    def _job(
+        self,
+        key: str,
+        module: ImageClassifier,
+        nets: dict[str, tuple[nn.Module, list[int]]],
+        onnx: list[str | None],
+        input_shape: tuple[int, ...],
+        device: str,
+        output: Path,
+        trainer: Trainer,
+    ) -> LatencyJob:
+        """This run's deferred latency, completed by :func:`capl.benchmark.group.time_jobs`."""
+        assert self.result is not None
+        # the cached base export is shared; a run's own exports go once timed
+        own = onnx[1:] if self.base_cache is not None else onnx
+        finish = functools.partial(
+            complete,
+            copy.deepcopy(self.result),
+            output,
+            copy.deepcopy(module.pruning_plan),
+            list(trainer.loggers),
+            [Path(path) for path in own if path is not None],
+        )
+        return LatencyJob(
+            key=key,
+            base=nets["before"][0],
+            base_onnx=onnx[0],
+            model=nets["after"][0],
+            onnx=onnx[1],
+            timing={"input_shape": list(input_shape), **self._timing(device)},
+            finish=finish,
+            name=self.run_name or str(output.parent),
+        )
+
     def _ort_threads(self) -> int:
         return self.ort_threads or torch.get_num_threads()
 
     def _profile(
-        self, net: nn.Module, input_shape: tuple[int, ...], device: str, workdir: Path
+        self, net: nn.Module, input_shape: tuple[int, ...], device: str, workdir: Path, name: str
     ) -> dict:
         return profile_model(
             net,
@@ -283,7 +369,7 @@ class BenchmarkCallback(Callback):
             min_time_s=self.min_time_s,
             exporter=self.exporter,
             latency=False,
-            name=workdir.name,  # "before" / "after": the ONNX file and the progress line
+            name=name,  # "before" / "after": the ONNX file and the progress line
         )
 
     def _base_model(

@@ -174,7 +174,8 @@ def measure_interleaved(
 
     Returns:
         One summary per timer (as :func:`measure_latency_torch` returns, ``round_medians_ms``
-        per alternating round), plus ``rounds``.
+        per alternating round), plus ``rounds`` and ``interleaved_models`` (how many models
+        shared the rounds).
     """
     _check_protocol(warmup, repeats, min_time_s)
     if rounds < 1:
@@ -191,7 +192,9 @@ def measure_interleaved(
             for i in order:
                 times[i].append(_time_loop(entered[i][0], 0, per_round, min_time_s / rounds))
         return [
-            _summary([ms for rnd in t for ms in rnd], t) | info | {"rounds": rounds}
+            _summary([ms for rnd in t for ms in rnd], t)
+            | info
+            | {"rounds": rounds, "interleaved_models": len(entered)}
             for t, (_, info) in zip(times, entered)
         ]
 
