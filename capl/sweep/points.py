@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from capl.benchmark.group import LatencyJob
 from capl.errors import ConfigError
 from capl.io import write_json_atomic, write_text_atomic
 from capl.sweep.grid import Point
@@ -30,9 +31,13 @@ from capl.sweep.launch import (
 from capl.sweep.records import BENCHMARK_FILE, RESULT_FILE, TRACEBACK_FILE, now, to_record
 from capl.sweep.spec import SweepConfig
 
-__all__ = ["PointResult", "point_config", "run_point"]
+__all__ = ["BASE_BENCH_DIR", "PendingPoint", "PointResult", "point_config", "run_point"]
 
 log = logging.getLogger(__name__)
+
+BASE_BENCH_DIR = "base_bench"
+"""``OUTPUT/base_bench``: the base model's benchmark block, measured once for all points."""
+ONNX_FILES = ("before.onnx", "after.onnx")  # a deferred point's exports, until it is timed
 
 
 @dataclass
@@ -48,6 +53,23 @@ class PointResult:
     scores_cached: bool | None
     finished: str
     settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PendingPoint:
+    """A point pruned and benchmarked but for latency; its group times it and writes its record.
+
+    See :class:`capl.sweep.sharing.LatencyGroup`.
+
+    Attributes:
+        result: The point's record (``status: ok``), not yet on disk.
+        job: The benchmark's deferred latency.
+        folder: The point's folder.
+    """
+
+    result: PointResult
+    job: LatencyJob
+    folder: Path
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,13 +110,22 @@ def _pruning(config: SweepConfig, point: Point, output: Path) -> dict[str, Any]:
     }
 
 
-def _benchmark(config: SweepConfig, point: Point, folder: Path) -> dict[str, Any]:
-    """The sweep's ``benchmark:`` options writing the point's ``benchmark.json``."""
+def _benchmark(
+    config: SweepConfig, point: Point, output: Path, defer_latency: bool
+) -> dict[str, Any]:
+    """The sweep's ``benchmark:`` options writing the point's ``benchmark.json``.
+
+    The base model's block comes from ``OUTPUT/base_bench`` unless the sweep sets
+    ``base_cache`` itself (``null``: measured by every point); latency is ``deferred`` to the
+    runner's group run when ``defer_latency``, else paired in the point's own run.
+    """
     return {
         "class_path": "capl.callbacks.BenchmarkCallback",
         "init_args": {
+            "base_cache": str(output / BASE_BENCH_DIR),
             **config.benchmark,
-            "output": str(folder / BENCHMARK_FILE),
+            "latency": "deferred" if defer_latency else "paired",
+            "output": str(output / "points" / point.point_id / BENCHMARK_FILE),
             "run_name": point.point_id,
         },
     }
@@ -118,7 +149,12 @@ def _retrain_callbacks(config: SweepConfig, folder: Path) -> list[dict[str, Any]
 
 
 def point_config(
-    config: SweepConfig, point: Point, base: str, output: str | Path, stage: str = "fit"
+    config: SweepConfig,
+    point: Point,
+    base: str,
+    output: str | Path,
+    stage: str = "fit",
+    defer_latency: bool = False,
 ) -> dict[str, Any]:
     """The ``capl`` config (configs/runs/prune_test.yaml / prune_retrain.yaml format) of a point.
 
@@ -130,6 +166,8 @@ def point_config(
         stage: ``fit`` (pruning, plus retraining when the point retrains) or ``test`` (the
             benchmark of a retrained checkpoint: no PruningCallback, the checkpoint carries the
             plan and the base weights).
+        defer_latency: The benchmark leaves latency to the runner's group run
+            (:mod:`capl.sweep.sharing`) instead of timing the point against the base itself.
 
     Returns:
         A plain dict, ready for YAML.
@@ -141,7 +179,7 @@ def point_config(
     if point.classes is not None or "classes" in init_args:
         init_args["classes"] = point.classes
     pruning = _pruning(config, point, output)
-    benchmark = _benchmark(config, point, folder)
+    benchmark = _benchmark(config, point, output, defer_latency)
     trainer = trainer_defaults(config)
     trainer["logger"] = logger_config(output / "tb", point.point_id)
     if not retrain:
@@ -164,29 +202,36 @@ def point_config(
 
 def _clean(folder: Path, tb: Path) -> None:
     """Remove what an interrupted or failed earlier attempt left (stale checkpoints, logs)."""
-    for name in (RESULT_FILE, BENCHMARK_FILE, TRACEBACK_FILE):
+    for name in (RESULT_FILE, BENCHMARK_FILE, TRACEBACK_FILE, *ONNX_FILES):
         (folder / name).unlink(missing_ok=True)
     for sub in (folder / "checkpoints", tb):
         if sub.exists():
             shutil.rmtree(sub)
 
 
-def _write_configs(config: SweepConfig, point: Point, base: str, output: Path) -> Path:
+def _write_configs(
+    config: SweepConfig, point: Point, base: str, output: Path, defer_latency: bool = False
+) -> Path:
     """Write ``config.yaml`` (and ``test.yaml`` after retraining); the one the runner uses."""
     folder = output / "points" / point.point_id
     rerun = f"--config {folder / 'config.yaml'}"
+    deferred = (
+        "# Its benchmark has latency: deferred (capl-sweep times the point with its group\n"
+        "# against the base); set it to paired to time the point here.\n"
+        if defer_latency
+        else ""
+    )
     if point.retrain_epochs == 0:
         header = f"# Sweep point {point.point_id}. Rerun by hand:\n#   capl test {rerun}\n"
-        test = point_config(config, point, base, output, "test")
-        return write_yaml(folder / "config.yaml", test, header)
+        test = point_config(config, point, base, output, "test", defer_latency)
+        return write_yaml(folder / "config.yaml", test, header + deferred)
     header = (
         f"# Sweep point {point.point_id}. Rerun by hand:\n#   capl fit {rerun}\n"
         f"#   capl test --config {folder / 'test.yaml'} --ckpt_path "
         f"{folder / 'checkpoints' / 'best.ckpt'}\n"
     )
-    fit_yaml = write_yaml(
-        folder / "config.yaml", point_config(config, point, base, output, "fit"), header
-    )
+    fit = point_config(config, point, base, output, "fit", defer_latency)
+    fit_yaml = write_yaml(folder / "config.yaml", fit, header + deferred)
     write_yaml(folder / "test.yaml", point_config(config, point, base, output, "test"), header)
     return fit_yaml
 
@@ -207,7 +252,23 @@ def _test_best(cli: Any, folder: Path) -> None:
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)
 
 
-def run_point(config: SweepConfig, point: Point, base: str, output: str | Path) -> PointResult:
+def _pending_job(cli: Any) -> LatencyJob:
+    """The deferred latency the run's BenchmarkCallback left."""
+    from capl.callbacks import BenchmarkCallback
+
+    for callback in getattr(getattr(cli, "trainer", None), "callbacks", []):
+        if isinstance(callback, BenchmarkCallback) and callback.pending is not None:
+            return callback.pending
+    raise RuntimeError("the run left no deferred latency (BenchmarkCallback latency: deferred)")
+
+
+def run_point(
+    config: SweepConfig,
+    point: Point,
+    base: str,
+    output: str | Path,
+    defer_latency: bool = False,
+) -> PointResult | PendingPoint:
     """Run one point in this process and record it; never raises for a failing point.
 
     Prune only: ``capl test --config points/<id>/config.yaml``. With retraining: ``capl fit``
@@ -220,21 +281,33 @@ def run_point(config: SweepConfig, point: Point, base: str, output: str | Path) 
     ``status: failed`` with its message; the traceback goes to ``traceback.txt``.
     ``KeyboardInterrupt`` is not caught: the point stays unrecorded.
 
+    Args:
+        config: The sweep.
+        point: The grid point.
+        base: The base model's weights.
+        output: The sweep folder.
+        defer_latency: Leave latency to a :class:`~capl.sweep.sharing.LatencyGroup`: a point
+            that ran comes back as a :class:`PendingPoint` whose record the group writes.
+
     Returns:
-        The record, also written to ``points/<id>/result.json``.
+        The record, also written to ``points/<id>/result.json``; or, with ``defer_latency``
+        and no failure, the pending point (nothing recorded yet).
     """
     output = Path(output).resolve()
     folder = output / "points" / point.point_id
     _clean(folder, output / "tb" / point.point_id)
-    run_yaml = _write_configs(config, point, base, output)
+    run_yaml = _write_configs(config, point, base, output, defer_latency)
     start = time.perf_counter()
     error: str | None = None
     cached: bool | None = None
+    job: LatencyJob | None = None
     try:
         cli = run_capl(["fit" if point.retrain_epochs > 0 else "test", "--config", str(run_yaml)])
         cached = _scores_cached(cli)
         if point.retrain_epochs > 0:
             _test_best(cli, folder)
+        if defer_latency:
+            job = _pending_job(cli)
         del cli
         if not (folder / BENCHMARK_FILE).is_file():
             raise RuntimeError(f"the run wrote no {BENCHMARK_FILE}")
@@ -258,5 +331,7 @@ def run_point(config: SweepConfig, point: Point, base: str, output: str | Path) 
         finished=now(),
         settings=point.settings(config.base.network),
     )
+    if error is None and job is not None:
+        return PendingPoint(result=result, job=job, folder=folder)
     write_json_atomic(folder / RESULT_FILE, asdict(result))
     return result

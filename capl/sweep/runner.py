@@ -5,6 +5,8 @@ Output folder layout (``DIR``)::
     DIR/sweep.json                  the sweep's settings fingerprint (one sweep per folder)
     DIR/base/<hash>/                the base model trained by the sweep (base.json marks it done)
     DIR/scores/                     PruningCallback score cache, shared by all points
+    DIR/base_bench/<key>/           the base model's benchmark block and ONNX export, measured
+                                    once for every point with the same base/classes/settings
     DIR/points/<point_id>/          config.yaml (and test.yaml after retraining), benchmark.json,
                                     checkpoints/, traceback.txt of a failure, result.json (last)
     DIR/tb/<point_id>/              TensorBoard logs (the fit of a retraining point in .../fit)
@@ -13,8 +15,10 @@ Output folder layout (``DIR``)::
 A point is *finished* when its ``result.json`` exists with ``status: ok``. The record is written
 atomically after everything else, so an interrupted point has none and runs again; a failed one
 has ``status: failed`` (message in the record, traceback next to it) and is retried on the next
-run. ``results.csv`` is rebuilt from the records of the current grid after every run, so a rerun
-neither loses nor duplicates rows.
+run. A serial sweep times the pruned models of a group of points (same base, class subset and
+benchmark settings) in one interleaved run against the base (:mod:`capl.sweep.sharing`) and
+writes their records only after it. ``results.csv`` is rebuilt from the records of the current
+grid after every run, so a rerun neither loses nor duplicates rows.
 
 The parts live in their own modules: :mod:`capl.sweep.base` (the base model, trained once under
 a lock), :mod:`capl.sweep.points` (a point's config and run), :mod:`capl.sweep.records`
@@ -37,7 +41,7 @@ from capl.sweep import preflight
 from capl.sweep.base import BASE_DONE, base_checkpoint, base_folder
 from capl.sweep.grid import Point, Skipped, SweepConfig, expand_grid
 from capl.sweep.launch import run_capl as _capl  # noqa: F401 (its old name, used by tests)
-from capl.sweep.points import PointResult, point_config, run_point
+from capl.sweep.points import PendingPoint, PointResult, point_config, run_point
 from capl.sweep.records import (
     BENCHMARK_FILE,
     RESULT_FILE,
@@ -50,6 +54,7 @@ from capl.sweep.records import (
     to_record,
     write_outputs,
 )
+from capl.sweep.sharing import LatencyGroup
 from capl.sweep.signals import stops_on_sigterm
 
 __all__ = [
@@ -157,6 +162,16 @@ def _select(run: SweepRun, chosen: Sequence[Point], output: Path, force: bool) -
     return todo
 
 
+def _defers_latency(config: SweepConfig, index: int | None) -> bool:
+    """Whether points leave latency to a group run: a serial sweep, unless ``latency: paired``."""
+    return index is None and config.benchmark.get("latency") != "paired"
+
+
+def _group_order(points: Sequence[Point]) -> list[Point]:
+    """Points of one class subset and seed next to each other (grid order otherwise)."""
+    return sorted(points, key=lambda p: json.dumps([p.classes, p.seed], default=str))
+
+
 def _run_points(
     run: SweepRun,
     config: SweepConfig,
@@ -165,17 +180,42 @@ def _run_points(
     output: Path,
     index: int | None,
 ) -> None:
-    """Run ``todo`` one after the other, logging progress and the time left."""
+    """Run ``todo``, logging progress and the time left; latency groups timed as they close.
+
+    On an interruption the points already pruned are timed and recorded before the sweep stops
+    (a second interruption abandons them; they run again next time).
+    """
+    defer = _defers_latency(config, index)
+    group = LatencyGroup()
     loop_start = time.perf_counter()
-    for done, point in enumerate(todo):
-        where = f"{done + 1}/{len(todo)}" if index is None else f"{index + 1} of {len(run.points)}"
-        log.info(
-            "sweep point %s: %s (%s)",
-            where,
-            point.point_id,
-            _progress(done, len(todo), time.perf_counter() - loop_start),
-        )
-        run.ran.append(run_point(config, point, base, output))
+    try:
+        for done, point in enumerate(_group_order(todo) if defer else todo):
+            where = f"{done + 1}/{len(todo)}"
+            if index is not None:
+                where = f"{index + 1} of {len(run.points)}"
+            elapsed = time.perf_counter() - loop_start
+            log.info(
+                "sweep point %s: %s (%s)",
+                where,
+                point.point_id,
+                _progress(done, len(todo), elapsed),
+            )
+            outcome = run_point(config, point, base, output, defer_latency=defer)
+            if isinstance(outcome, PendingPoint):
+                run.ran += group.add(outcome)
+            else:
+                run.ran.append(outcome)
+    except KeyboardInterrupt:
+        if group.pending:
+            log.warning(
+                "interrupted: timing the %d point(s) already pruned before stopping "
+                "(interrupt again to abandon them; they rerun next time)",
+                len(group.pending),
+            )
+            run.ran += group.flush()
+        raise
+    run.ran += group.flush()
+    run.ran.sort(key=lambda result: result.index)
 
 
 @stops_on_sigterm

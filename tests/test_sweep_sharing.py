@@ -1,0 +1,199 @@
+"""A sweep that shares its work: the base block measured once, latency timed per group.
+
+Tiny digits sweeps with a ResNet-20 (the session's ``digits_base``), a few timed repeats on both
+backends; every assertion reads what the sweep wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import capl.callbacks.benchmark as benchmark_mod
+import capl.sweep.sharing as sharing_mod
+from capl.benchmark.base_cache import BASE_BLOCK_FILE, BaseCache
+from capl.callbacks.benchmark_sharing import base_key
+from capl.datamodules import DigitsSubset
+from capl.models import build_network
+from capl.sweep.grid import parse_sweep_config
+from capl.sweep.points import BASE_BENCH_DIR
+from capl.sweep.runner import RESULT_FILE, run_sweep
+
+BENCH = {
+    "batch_sizes": [1],
+    "backends": ["torch", "onnxruntime"],
+    "warmup": 0,
+    "repeats": 2,
+    "min_time_s": 0,
+    "rounds": 2,
+    "exporter": "torchscript",
+}
+DATA = {
+    "class_path": "DigitsSubset",
+    "init_args": {"batch_size": 32, "samples_per_class": 20, "calibration_samples_per_class": 4},
+}
+
+
+def sweep(base: Path, ratios: list[float], classes: list[list[int]], **bench: Any) -> Any:
+    return parse_sweep_config(
+        {
+            "name": "sharing",
+            "base": {
+                "network": "resnet20",
+                "small_input": True,
+                "num_classes": 10,
+                "checkpoint": str(base),
+            },
+            "data": DATA,
+            "grid": {"criteria": ["L1Norm"], "ratios": ratios, "classes": classes},
+            "benchmark": {**BENCH, **bench},
+        }
+    )
+
+
+def records(out: Path) -> dict[str, dict[str, Any]]:
+    return {
+        p.name: json.loads((p / "benchmark.json").read_text())
+        for p in sorted((out / "points").iterdir())
+    }
+
+
+def counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the BenchmarkCallback's model evaluations (base and pruned alike)."""
+    calls: list[int] = []
+    real = benchmark_mod.evaluate_subset
+
+    def evaluate(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark_mod, "evaluate_subset", evaluate)
+    return calls
+
+
+def test_base_measured_once_and_points_timed_in_one_group(
+    digits_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evaluations = counting(monkeypatch)
+    run = run_sweep(sweep(digits_base, [0.3, 0.5, 0.7], [[3, 5, 8]]), tmp_path, plots=False)
+    assert [r.status for r in run.ran] == ["ok"] * 3
+    assert len(evaluations) == 1 + 3  # the base once, each pruned model once
+    benches = list(records(tmp_path).values())
+    entries = list((tmp_path / BASE_BENCH_DIR).glob(f"*/{BASE_BLOCK_FILE}"))
+    assert len(entries) == 1 and (entries[0].parent / "before.onnx").is_file()
+    cached = json.loads(entries[0].read_text())["block"]
+    for bench in benches:
+        assert bench["before"] == benches[0]["before"]  # one block, one group timing
+        before = {k: v for k, v in bench["before"].items() if k != "latency_ms"}
+        assert before == cached
+        assert bench["before"]["base_cache"] == entries[0].parent.name
+        for backend in ("torch", "onnxruntime"):
+            cell_b = bench["before"]["latency_ms"][backend]["bs1"]
+            cell_a = bench["after"]["latency_ms"][backend]["bs1"]
+            assert cell_a["interleaved_models"] == 4  # the base and the three pruned models
+            assert cell_a["repeats"] >= 2 and cell_b["repeats"] >= 2
+            assert bench["realised"]["measured_speedup"][backend]["bs1"] == pytest.approx(
+                cell_b["median_ms"] / cell_a["median_ms"]
+            )
+    # each point's pruned model is its own: the latencies differ, the MACs fall with the ratio
+    macs = [b["after"]["macs"] for b in benches]
+    assert macs == sorted(macs, reverse=True) and len(set(macs)) == 3
+    assert not list((tmp_path / "points").glob("*/*.onnx"))  # timed, then removed
+
+
+def test_paired_sweep_times_each_point_against_the_base(
+    digits_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evaluations = counting(monkeypatch)
+    config = sweep(digits_base, [0.3, 0.5], [[3, 5, 8]], latency="paired", base_cache=None)
+    run = run_sweep(config, tmp_path, plots=False)
+    assert [r.status for r in run.ran] == ["ok"] * 2
+    assert len(evaluations) == 2 * 2  # the old behaviour: the base again for every point
+    assert not (tmp_path / BASE_BENCH_DIR).exists()
+    for bench in records(tmp_path).values():
+        assert bench["after"]["latency_ms"]["torch"]["bs1"]["interleaved_models"] == 2
+        assert "base_cache" not in bench["before"]
+
+
+def test_interrupted_or_failed_group_run_leaves_points_to_rerun(
+    digits_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = sweep(digits_base, [0.3, 0.5], [[3, 5, 8], [1, 2]])
+
+    def killed(jobs: Any) -> None:
+        raise KeyboardInterrupt  # the job is killed while the group is being timed
+
+    monkeypatch.setattr(sharing_mod, "time_jobs", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(config, tmp_path, plots=False)
+    assert not list((tmp_path / "points").glob(f"*/{RESULT_FILE}"))
+
+    def broken(jobs: Any) -> None:
+        raise RuntimeError("ORT session exploded")
+
+    monkeypatch.setattr(sharing_mod, "time_jobs", broken)
+    run = run_sweep(config, tmp_path, plots=False)
+    assert len(run.ran) == 4 and all(r.status == "failed" for r in run.ran)
+    assert all("ORT session exploded" in (r.error or "") for r in run.ran)
+
+    monkeypatch.undo()
+    evaluations = counting(monkeypatch)
+    rerun = run_sweep(config, tmp_path, plots=False)
+    assert sorted(r.point_id for r in rerun.ran) == sorted(p.point_id for p in rerun.points)
+    assert all(r.status == "ok" for r in rerun.ran)
+    assert len(evaluations) == 4  # both class subsets' base blocks came from the cache
+    assert len(list((tmp_path / BASE_BENCH_DIR).glob(f"*/{BASE_BLOCK_FILE}"))) == 2
+    benches = records(tmp_path)
+    for bench in benches.values():
+        cell = bench["after"]["latency_ms"]["torch"]["bs1"]
+        assert cell["interleaved_models"] == 3  # one group per class subset: base + 2 points
+    subsets = {tuple(b["classes"]["indices"]): b["before"]["base_cache"] for b in benches.values()}
+    assert len(set(subsets.values())) == 2
+
+
+def test_base_key_follows_weights_classes_input_size_and_options() -> None:
+    torch.manual_seed(0)
+    net = build_network("resnet20", 10, True)
+    head = list(range(10))
+    options = {"batch_sizes": [1], "backends": ["torch"], "exporter": "auto"}
+
+    def key(classes: list[int], shape: tuple[int, ...], **changes: Any) -> str:
+        data = DigitsSubset(classes=classes, image_size=changes.pop("image_size", None))
+        return base_key((changes.pop("net", net), head), data, shape, {**options, **changes})
+
+    reference = key([3, 5, 8], (3, 8, 8))
+    assert key([3, 5, 8], (3, 8, 8)) == reference
+    other = build_network("resnet20", 10, True)
+    other.load_state_dict(net.state_dict())
+    assert key([3, 5, 8], (3, 8, 8), net=other) == reference  # same weights, another object
+    with torch.no_grad():
+        other.fc.bias[0] += 1e-3
+    changed = [
+        key([3, 5, 7], (3, 8, 8)),
+        key([3, 5, 8], (3, 16, 16)),
+        key([3, 5, 8], (3, 8, 8), image_size=16),
+        key([3, 5, 8], (3, 8, 8), net=other),
+        key([3, 5, 8], (3, 8, 8), batch_sizes=[1, 32]),
+        key([3, 5, 8], (3, 8, 8), exporter="torchscript"),
+    ]
+    assert reference not in changed and len(set(changed)) == len(changed)
+
+
+def test_base_cache_reads_only_complete_entries(tmp_path: Path) -> None:
+    cache = BaseCache(tmp_path)
+    assert cache.load("k1") is None
+    cache.store("k1", {"accuracy": 0.9, "macs": 10, "onnx": None})
+    assert cache.load("k1") == {"accuracy": 0.9, "macs": 10, "onnx": None}
+    cache.store("k2", {"accuracy": 0.9, "onnx": {"exporter": "torchscript", "path": None}})
+    assert cache.load("k2") is None  # names an export that is not there
+    cache.onnx_path("k2").write_bytes(b"onnx")
+    assert cache.load("k2") is not None
+    (cache.entry("k3")).mkdir()
+    (cache.entry("k3") / BASE_BLOCK_FILE).write_text('{"key": "k1", "block": {"accuracy": 1}}')
+    assert cache.load("k3") is None  # written for another key
+    (cache.entry("k3") / BASE_BLOCK_FILE).write_text("{not json")
+    assert cache.load("k3") is None
