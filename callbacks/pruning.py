@@ -30,6 +30,7 @@ from capl.pruning import (
     select_scores,
 )
 from capl.pruning.latency_table import LatencySpec, LatencyTable, network_latency_table
+from capl.subset_data import SubsetData
 
 log = logging.getLogger(__name__)
 
@@ -149,16 +150,11 @@ class PruningCallback(Callback):
         if self.plan is not None:  # fit then test in one process: already pruned
             return
         datamodule = trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "calibration_dataloader"):
+        if not isinstance(datamodule, SubsetData):
             raise ConfigError("PruningCallback needs a capl ClassSubsetDataModule (data: ...)")
         pl_module.setup(stage)  # builds the network and the k-way task if not yet done
         if self.checkpoint_plan is not None:
-            ckpt_path, self.plan = self.checkpoint_plan
-            rank_zero_info(
-                f"capl: {ckpt_path} carries its pruning plan "
-                f"({(self.plan.get('criterion') or {}).get('name')}, ratio "
-                f"{(self.plan.get('config') or {}).get('ratio')}): using it, no new selection"
-            )
+            self._use_checkpoint_plan(*self.checkpoint_plan)
             return
         network = pl_module.network
         assert network is not None and pl_module.rows is not None
@@ -173,20 +169,7 @@ class PruningCallback(Callback):
         selection = time.perf_counter() - start
 
         start = time.perf_counter()
-        plan = None
-        if trainer.is_global_zero:
-            head_rows = list(pl_module.rows) if self.cut_head else None
-            plan = make_plan(
-                network,
-                self.criterion,
-                scores,
-                self.config,
-                example,
-                head_rows=head_rows,
-                network=pl_module.hparams.network,
-                latency=self._latency_table(network, example),
-            ).to_dict()
-        plan = trainer.strategy.broadcast(plan, src=0)
+        plan = self._plan(trainer, pl_module, scores, example)
         pl_module.apply_pruning_plan(plan)
         removal = time.perf_counter() - start
         pl_module.configure_task(datamodule.class_indices, datamodule.class_names)
@@ -202,6 +185,39 @@ class PruningCallback(Callback):
         pl_module.record_pruning(timings, stages)
         self._log_removal(plan, selection, removal)
 
+    def _use_checkpoint_plan(self, ckpt_path: str, plan: dict[str, Any]) -> None:
+        self.plan = plan
+        rank_zero_info(
+            f"capl: {ckpt_path} carries its pruning plan "
+            f"({(plan.get('criterion') or {}).get('name')}, ratio "
+            f"{(plan.get('config') or {}).get('ratio')}): using it, no new selection"
+        )
+
+    def _plan(
+        self,
+        trainer: Trainer,
+        pl_module: ImageClassifier,
+        scores: dict[str, Tensor],
+        example: Tensor,
+    ) -> dict[str, Any]:
+        """The plan as a dict, made on rank zero and broadcast to every rank."""
+        network = pl_module.network
+        assert network is not None and pl_module.rows is not None
+        plan = None
+        if trainer.is_global_zero:
+            head_rows = list(pl_module.rows) if self.cut_head else None
+            plan = make_plan(
+                network,
+                self.criterion,
+                scores,
+                self.config,
+                example,
+                head_rows=head_rows,
+                network=pl_module.hparams.network,
+                latency=self._latency_table(network, example),
+            ).to_dict()
+        return trainer.strategy.broadcast(plan, src=0)
+
     def _log_removal(self, plan: dict[str, Any], selection: float, removal: float) -> None:
         report = plan.get("report", {})
         removed = ", ".join(
@@ -213,7 +229,7 @@ class PruningCallback(Callback):
             f"{removed}; selection {selection:.2f}s, removal {removal:.2f}s"
         )
 
-    def _after_removal(self, module: ImageClassifier, datamodule: Any) -> dict[str, Any]:
+    def _after_removal(self, module: ImageClassifier, datamodule: SubsetData) -> dict[str, Any]:
         """Accuracy right after removal, BatchNorm recalibration, accuracy after it."""
         network = module.network
         assert network is not None and module.rows is not None
@@ -238,7 +254,7 @@ class PruningCallback(Callback):
         return network_latency_table(network, example, self.latency, round_to)
 
     def _select(
-        self, trainer: Trainer, network: nn.Module, datamodule: Any, rows: list[int]
+        self, trainer: Trainer, network: nn.Module, datamodule: SubsetData, rows: list[int]
     ) -> dict[str, Tensor]:
         cache = self._cache_path(network, datamodule, trainer.world_size)
         if cache is not None and cache.is_file():
@@ -264,14 +280,16 @@ class PruningCallback(Callback):
             write_bytes_atomic(cache, buffer.getvalue())
         return scores
 
-    def _cache_path(self, network: nn.Module, datamodule: Any, world_size: int) -> Path | None:
+    def _cache_path(
+        self, network: nn.Module, datamodule: SubsetData, world_size: int
+    ) -> Path | None:
         if self.score_cache is None:
             return None
         digest = hashlib.sha256()
         key = {
             "criterion": self.criterion.settings(),
             "classes": list(datamodule.class_indices),
-            "dataset": getattr(datamodule, "name", type(datamodule).__name__),
+            "dataset": datamodule.name,
             "calibration": [datamodule.calibration_samples_per_class, datamodule.seed],
             "input_shape": list(datamodule.input_shape),
             "world_size": world_size,
@@ -287,9 +305,8 @@ class PruningCallback(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # on resume the module's timings were restored from the checkpoint: keep counting
         self._fit_started = time.perf_counter()
-        self._retrained_before = float(
-            getattr(pl_module, "pruning_timings", {}).get("retraining", 0)
-        )
+        timings = pl_module.pruning_timings if isinstance(pl_module, ImageClassifier) else {}
+        self._retrained_before = float(timings.get("retraining", 0))
 
     def _stamp_retraining(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._fit_started is None or not isinstance(pl_module, ImageClassifier):

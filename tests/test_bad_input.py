@@ -791,3 +791,23 @@ def test_read_only_outputs_are_refused_before_work(
             assert list(read_only.iterdir()) == []
     finally:
         read_only.chmod(0o755)
+
+
+def test_pruning_callback_needs_a_class_subset_datamodule() -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch import LightningDataModule
+
+    from capl.callbacks import PruningCallback
+    from capl.criteria import L1Norm
+    from capl.datamodules import DigitsSubset
+    from capl.errors import ConfigError
+    from capl.module import ImageClassifier
+    from capl.subset_data import SubsetData
+
+    assert isinstance(DigitsSubset(), SubsetData)
+    assert not isinstance(LightningDataModule(), SubsetData)
+    callback = PruningCallback(criterion=L1Norm())
+    trainer = SimpleNamespace(datamodule=LightningDataModule())
+    with pytest.raises(ConfigError, match="needs a capl ClassSubsetDataModule"):
+        callback.setup(trainer, ImageClassifier(network="resnet20"), "test")  # type: ignore[arg-type]
