@@ -14,6 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 
+@pytest.fixture(autouse=True)
+def avx2_round_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plans in tests do not depend on the test machine's vector width.
+
+    ``round_to: auto`` on CPU keeps multiples of 16 on AVX-512 and of 8 otherwise
+    (:func:`capl.pruning.auto_round_to`); the suite pins the CPU capability torch reports to
+    AVX2 (8), and tests of the AVX-512 rule patch it themselves.
+    """
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+
+
 @pytest.fixture
 def one_thread():
     """Run the test on one torch thread: tiny convs are much faster single-threaded."""
