@@ -1,0 +1,116 @@
+"""What a prune-only grid of one criterion costs: 11 ratios against 1, per-point and shared.
+
+Runs in one process, on the digits demo setup (configs/experiments/demo.yaml: ResNet-20 at
+32x32, its benchmark section: batch 1 and 32, torch and ONNX Runtime), a 1-ratio and an
+11-ratio prune-only grid of L1-norm (layer scope), each in a fresh sweep folder, twice per round:
+
+- ``per-point``: ``benchmark.latency: paired`` and ``base_cache: null``, the behaviour before
+  issue 9's sharing: every point evaluates, profiles and exports the base and times it paired
+  with its pruned model;
+- ``shared``: the defaults: the base block measured once (``OUTPUT/base_bench``) and the
+  pruned models timed against the base in one interleaved group run.
+
+Each figure is the wall time of ``run_sweep`` (points, group timing, results.csv and report;
+no plots). The base model is trained once beforehand (``--base-epochs``; accuracy does not
+matter for cost) and given to every sweep as ``base.checkpoint``. The order of the modes is
+reversed every other round; the ratios reported are medians over rounds.
+
+python scripts/bench_grid.py --rounds 2 --output /tmp/grid_cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from capl.benchmark import environment_info
+from capl.sweep.base import base_checkpoint
+from capl.sweep.grid import parse_sweep_config
+from capl.sweep.runner import run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "experiments" / "demo.yaml"
+MODES = {
+    "per-point": {"latency": "paired", "base_cache": None},
+    "shared": {},
+}
+ONE = [0.5]
+ELEVEN = [round(0.1 + 0.05 * i, 2) for i in range(11)]
+
+
+def demo_sweep(ratios: list[float], mode: str, base: str | None, epochs: int) -> Any:
+    """The demo sweep cut to a prune-only grid of one criterion at ``ratios``."""
+    raw = yaml.safe_load(DEMO.read_text())
+    raw["name"] = f"grid-cost-{mode}-{len(ratios)}"
+    raw["grid"].update(
+        criteria=[{"class_path": "L1Norm", "scopes": ["layer"]}],
+        ratios=ratios,
+        retrain_epochs=[0],
+    )
+    raw["benchmark"].update(MODES[mode])
+    if base is None:
+        raw["base"]["train"]["max_epochs"] = epochs
+        raw["base"]["train"]["lr_scheduler"]["init_args"]["T_max"] = epochs
+    else:
+        raw["base"].pop("train")
+        raw["base"]["checkpoint"] = base
+    return parse_sweep_config(raw)
+
+
+def timed(config: Any, folder: Path) -> float:
+    start = time.perf_counter()
+    run = run_sweep(config, folder, plots=False)
+    seconds = time.perf_counter() - start
+    failed = [r.point_id for r in run.failed]
+    if failed:
+        raise SystemExit(f"points failed in {folder}: {failed}")
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--base-epochs", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
+    parser.add_argument("--output", type=Path, default=None, help="JSON with every figure")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the untimed first grid")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="capl-grid-cost-"))
+    base = base_checkpoint(demo_sweep(ONE, "shared", None, args.base_epochs), work / "base")
+    if not args.no_warmup:  # imports, first exports and allocator growth are not the grid's
+        timed(demo_sweep(ONE, "shared", base, 0), work / "warmup")
+    seconds: dict[str, dict[int, list[float]]] = {m: {1: [], 11: []} for m in MODES}
+    for r in range(args.rounds):
+        order = list(MODES) if r % 2 == 0 else list(reversed(MODES))
+        for mode in order:
+            for ratios in (ONE, ELEVEN):
+                folder = work / f"r{r}-{mode}-{len(ratios)}"
+                spent = timed(demo_sweep(ratios, mode, base, 0), folder)
+                seconds[mode][len(ratios)].append(spent)
+                print(f"round {r}: {mode:9s} {len(ratios):2d} ratios {spent:7.1f} s", flush=True)
+    print(f"\nmedians over {args.rounds} rounds")
+    print(f"{'mode':9s}  {'1 ratio s':>10s}  {'11 ratios s':>11s}  {'11 / 1':>7s}")
+    summary = {}
+    for mode, by_n in seconds.items():
+        ratios = [b / a for a, b in zip(by_n[1], by_n[11])]
+        one, eleven = statistics.median(by_n[1]), statistics.median(by_n[11])
+        summary[mode] = {"seconds_1": by_n[1], "seconds_11": by_n[11], "ratio": ratios}
+        print(f"{mode:9s}  {one:10.1f}  {eleven:11.1f}  {statistics.median(ratios):7.2f}")
+    if args.output:
+        env = environment_info(ort_threads=None)
+        args.output.write_text(json.dumps({"seconds": summary, "environment": env}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
