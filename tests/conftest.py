@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Plans in tests must not depend on the test machine's vector width (round_to auto is 16 on
+# AVX-512, 8 otherwise). torch reads this before its first kernel dispatch; the capl processes
+# the tests start (DDP, capl-sweep, SLURM jobs) inherit it, so they plan like this process.
+os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
 
 import pytest
 import torch
@@ -20,7 +26,8 @@ def avx2_round_to(monkeypatch: pytest.MonkeyPatch) -> None:
 
     ``round_to: auto`` on CPU keeps multiples of 16 on AVX-512 and of 8 otherwise
     (:func:`capl.pruning.auto_round_to`); the suite pins the CPU capability torch reports to
-    AVX2 (8), and tests of the AVX-512 rule patch it themselves.
+    AVX2 (8), here and through ``ATEN_CPU_CAPABILITY`` in the processes it starts, and tests of
+    the AVX-512 rule patch it themselves.
     """
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import capl.callbacks.benchmark as benchmark_mod
+import capl.sweep.runner as runner_mod
 import capl.sweep.sharing as sharing_mod
 from capl.benchmark.base_cache import BASE_BLOCK_FILE, BaseCache
 from capl.callbacks.benchmark_sharing import base_key
@@ -197,3 +198,33 @@ def test_base_cache_reads_only_complete_entries(tmp_path: Path) -> None:
     assert cache.load("k3") is None  # written for another key
     (cache.entry("k3") / BASE_BLOCK_FILE).write_text("{not json")
     assert cache.load("k3") is None
+
+
+def test_interrupt_while_pruning_times_and_records_the_points_already_pruned(
+    digits_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = sweep(digits_base, [0.3, 0.5, 0.7], [[3, 5, 8]])
+    real = runner_mod.run_point
+    started: list[str] = []
+
+    def run_point(config: Any, point: Any, *args: Any, **kwargs: Any) -> Any:
+        started.append(point.point_id)
+        if len(started) == 3:
+            raise KeyboardInterrupt  # Ctrl-C while the third point is being pruned
+        return real(config, point, *args, **kwargs)
+
+    monkeypatch.setattr(runner_mod, "run_point", run_point)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(config, tmp_path, plots=False)
+    recorded = {p.parent.name for p in (tmp_path / "points").glob(f"*/{RESULT_FILE}")}
+    assert recorded == set(started[:2])  # the two pruned points were timed before stopping
+    for name in recorded:
+        bench = json.loads((tmp_path / "points" / name / "benchmark.json").read_text())
+        assert bench["after"]["latency_ms"]["torch"]["bs1"]["interleaved_models"] == 3
+        assert json.loads((tmp_path / "points" / name / RESULT_FILE).read_text())["status"] == "ok"
+    assert not (tmp_path / "points" / started[2]).exists()
+
+    monkeypatch.undo()
+    rerun = run_sweep(config, tmp_path, plots=False)
+    assert [r.point_id for r in rerun.ran] == [started[2]]  # only the interrupted point again
+    assert sorted(rerun.already_done) == sorted(started[:2])

@@ -141,14 +141,15 @@ def test_moved_sweep_folder_merges_its_own_records(state_dict: Path, tmp_path: P
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_stops_the_sweep_and_leaves_the_running_point_unrecorded(
+def test_signal_stops_the_sweep_and_leaves_the_running_points_unrecorded(
     state_dict: Path,
     tmp_path: Path,
     signum: int,
     code: int,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # each point times both models for at least 4 s: the signal lands inside the first one
+    # both points are pruned first (latency deferred), then timed together in one group run of
+    # at least 4 s per model: the signal lands inside that run
     config = _sweep_file(tmp_path, state_dict, [0.3, 0.5], min_time_s=4.0)
     out = tmp_path / "out"
     sweep = Path(sys.executable).with_name("capl-sweep")
@@ -159,17 +160,18 @@ def test_signal_stops_the_sweep_and_leaves_the_running_point_unrecorded(
         text=True,
     )
     deadline = time.monotonic() + 240
-    while not list(out.glob("points/*/config.yaml")):
+    while len(list(out.glob("points/*/benchmark.json"))) < 2:
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.2)
-    time.sleep(2.0)  # inside the running point (pruning and benchmark take > 8 s)
+    time.sleep(2.0)  # inside the group run (three models, at least 4 s each)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=240)
     assert proc.returncode == code, stderr
     assert "capl-sweep: interrupted; rerun the same command to resume" in stderr.splitlines()
     assert "Traceback" not in stderr
     assert list(out.glob(f"points/*/{RESULT_FILE}")) == []  # not recorded as failed, nor ok
-    assert len(list((out / "points").iterdir())) == 1  # the sweep stopped: no second point
+    for bench in out.glob("points/*/benchmark.json"):  # pruned, but their latency never came
+        assert json.loads(bench.read_text())["after"]["latency_ms"] == {}
     assert not (out / "results.csv").exists()
     capsys.readouterr()
     assert sweep_main(["--config", str(config), "--output", str(out), "--dry-run"]) == 0
