@@ -28,6 +28,7 @@ from capl.pruning import (
     prunable_layers,
     pruning_report,
 )
+from capl.pruning.structure import analyse
 from tests.conftest import randomise_batchnorm
 
 ARCHS = ["resnet18", "resnet50", "vgg16", "vgg16_bn", "mobilenet_v3_large", "efficientnet_b0"]
@@ -229,6 +230,28 @@ def test_global_scope_ranks_across_layers() -> None:
     layers = plan.report["layers"]
     fractions = {len(idxs) / layers[k]["channels_before"] for k, idxs in plan.removed}
     assert len(fractions) > 1  # not a uniform per-layer cut
+
+
+class _TestTiedScores(Criterion):
+    """Every channel scores the same (an untrained network's BatchNorm scales)."""
+
+    granularity = "filter"
+
+    def score(self, model, layers, stats):
+        return {
+            n: torch.ones(m.out_channels) for n, m in layers.items() if isinstance(m, nn.Conv2d)
+        }
+
+
+def test_global_ties_cut_every_group_by_the_same_fraction() -> None:
+    model, plan = _plan("resnet18", _TestTiedScores(), ratio=0.5, scope="global")
+    structure = analyse(model, _x())
+    removed = dict(plan.removed)
+    fractions = [len(removed.get(g.key, [])) / g.channels for g in structure.groups]
+    # half of every group, to one channel, not the first groups in forward order emptied
+    assert min(fractions) == pytest.approx(0.5, abs=1 / 64) and max(fractions) <= 0.5 + 1 / 64
+    # and the order within a tied group is still the lowest channel first
+    assert all(idxs == list(range(len(idxs))) for _, idxs in plan.removed)
 
 
 def test_round_to_keeps_multiples() -> None:

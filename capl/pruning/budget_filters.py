@@ -101,12 +101,20 @@ class FilterProblem(Problem):
         return group_scores
 
     def _rank_globally(self, group_scores: list[Tensor]) -> None:
-        """One ranking of every unit of every group (global scope)."""
+        """One ranking of every unit of every group (global scope).
+
+        Equal scores across groups (untrained BatchNorm scales, APoZ's counts) are ordered by
+        the unit's place in its own group's ranking, as a fraction of the group: a tie then
+        cuts every group by the same fraction, as the layer scope does, instead of emptying
+        the first groups in forward order.
+        """
         flat = torch.cat(group_scores)
         gid = torch.cat(
             [torch.full((len(s),), i, dtype=torch.long) for i, s in enumerate(group_scores)]
         )
-        sorted_gid = gid[torch.sort(flat, stable=True).indices]
+        place = torch.cat([_place_in_group(order) for order in self.orders])
+        by_place = torch.sort(place, stable=True).indices
+        sorted_gid = gid[by_place[torch.sort(flat[by_place], stable=True).indices]]
         self.sorted_gid = sorted_gid
         units = torch.tensor([g.unit for g in self.groups], dtype=torch.float64)
         self.cum_filters = (self.filters * units)[sorted_gid].cumsum(0)
@@ -192,6 +200,14 @@ def _normalised_convs(
         s = checked_scores(name, score, (layer.out_channels,))
         normalised[name] = normalise(s, normalization)
     return normalised
+
+
+def _place_in_group(order: Tensor) -> Tensor:
+    """Each unit's place in its group's ranking as a fraction in (0, 1), in unit order."""
+    n = len(order)
+    place = torch.empty(n, dtype=torch.float64)
+    place[order] = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    return place
 
 
 def _cumulative_costs(group: ChannelGroup, order: Tensor) -> _Costs:
