@@ -303,6 +303,23 @@ def test_onnxruntime_latency(tmp_path):
     json.dumps(result)
 
 
+
+def test_onnxruntime_sessions_do_not_spin_and_still_compute(tmp_path):
+    """Interleaved timing keeps sessions alive side by side: their pools must sleep, not spin."""
+    from capl.benchmark import ort_session
+
+    model = tiny_bn().eval()
+    path = tmp_path / "tiny.onnx"
+    export_onnx(model, path, (3, 16, 16), exporter="torchscript")
+    session = ort_session(path, threads=2)
+    options = session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2
+    x = torch.randn(3, 3, 16, 16)
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(out), model(x), atol=1e-5)
+
 def test_peak_memory_cpu_bounds():
     model = tiny_bn().train()
     result = peak_memory(model, (3, 16, 16), batch_size=2)

@@ -158,8 +158,9 @@ def ort_session(
     """An ONNX Runtime session configured for benchmarking.
 
     Explicit ``intra_op_num_threads`` (the published reference pinned ORT to one thread
-    silently), one inter-op thread with sequential execution, all graph optimisations, and
-    the CUDA provider when ``device`` is CUDA and ORT offers it.
+    silently), one inter-op thread with sequential execution, intra-op threads that sleep
+    instead of spinning after a run, all graph optimisations, and the CUDA provider when
+    ``device`` is CUDA and ORT offers it.
 
     Args:
         onnx_path: The ``.onnx`` file.
@@ -177,6 +178,10 @@ def ort_session(
     options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # interleaved timing keeps several sessions alive: a spinning pool of the model just timed
+    # steals cores from the next one, so models in the middle of a round looked 0.6-0.8x as
+    # fast as an identical copy timed first (scripts/bench_ort_spinning.py)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
