@@ -303,7 +303,6 @@ def test_onnxruntime_latency(tmp_path):
     json.dumps(result)
 
 
-
 def test_onnxruntime_sessions_do_not_spin_and_still_compute(tmp_path):
     """Interleaved timing keeps sessions alive side by side: their pools must sleep, not spin."""
     from capl.benchmark import ort_session
@@ -319,6 +318,7 @@ def test_onnxruntime_sessions_do_not_spin_and_still_compute(tmp_path):
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(out), model(x), atol=1e-5)
+
 
 def test_peak_memory_cpu_bounds():
     model = tiny_bn().train()
