@@ -81,8 +81,19 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+class _TestTiedScores(Criterion):
+    """Every channel scores the same (an untrained network's BatchNorm scales)."""
+
+    granularity = "filter"
+
+    def score(self, model, layers, stats):
+        return {
+            n: torch.ones(m.out_channels) for n, m in layers.items() if isinstance(m, nn.Conv2d)
+        }
+
+
 # test-only criteria must not show up in other test files' registry-wide contract tests
-for _cls in (_TestL1, _TestRandomScores):
+for _cls in (_TestL1, _TestRandomScores, _TestTiedScores):
     criteria_base._REGISTRY.pop(_cls.__name__, None)
 
 
@@ -230,17 +241,6 @@ def test_global_scope_ranks_across_layers() -> None:
     layers = plan.report["layers"]
     fractions = {len(idxs) / layers[k]["channels_before"] for k, idxs in plan.removed}
     assert len(fractions) > 1  # not a uniform per-layer cut
-
-
-class _TestTiedScores(Criterion):
-    """Every channel scores the same (an untrained network's BatchNorm scales)."""
-
-    granularity = "filter"
-
-    def score(self, model, layers, stats):
-        return {
-            n: torch.ones(m.out_channels) for n, m in layers.items() if isinstance(m, nn.Conv2d)
-        }
 
 
 def test_global_ties_cut_every_group_by_the_same_fraction() -> None:
