@@ -7,8 +7,10 @@ threads of the model just timed then compete with the next model's threads. This
 one model against identical copies of itself (same ONNX file, so every ratio should be 1.0), in
 one process, with spinning allowed (ORT's default) and disallowed (capl's setting), alternating
 the two settings every round, and prints each copy's speed relative to the first model.
+It also times one session alone per setting at batch 1 and at ``--batch-size`` (what sleeping
+pools cost in absolute latency: each parallel op wakes the pool).
 
-python scripts/bench_ort_spinning.py --threads 2 --copies 6 --rounds 3
+python scripts/bench_ort_spinning.py --threads 2 --copies 6 --rounds 6
 """
 
 from __future__ import annotations
@@ -64,6 +66,20 @@ def one_run(onnx: Path, args: argparse.Namespace, spin: bool) -> list[float]:
     return [medians[0] / m for m in medians[1:]]
 
 
+def alone(onnx: Path, args: argparse.Namespace, spin: bool, batch: int) -> float:
+    """Median ms of one session timed by itself (no other session alive)."""
+    saved = timer_module.ort_session
+    timer_module.ort_session = session_factory(spin)
+    try:
+        shape = (3, args.size, args.size)
+        with timer_module.ort_timer(onnx, shape, batch, args.threads) as (step, _):
+            for _ in range(5):
+                step()
+            return statistics.median(step() for _ in range(max(args.repeats, 60 // batch)))
+    finally:
+        timer_module.ort_session = saved
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--network", default="resnet20")
@@ -78,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = build_network(args.network, 10, small_input=args.size < 64).eval()
     ratios: dict[str, list[list[float]]] = {"spinning": [], "sleeping": []}
+    single: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="capl-spin-") as tmp:
         onnx = Path(tmp) / "model.onnx"
         export_onnx(model, onnx, (3, args.size, args.size), exporter="torchscript")
@@ -88,16 +105,23 @@ def main(argv: list[str] | None = None) -> int:
                 ratios["spinning" if spin else "sleeping"].append(got)
                 print(f"round {r}: {'spinning' if spin else 'sleeping':8s} copy speed / first "
                       f"{[round(x, 2) for x in got]}", flush=True)  # fmt: skip
+                for batch in (1, args.batch_size):
+                    key = f"{'spinning' if spin else 'sleeping'} bs{batch}"
+                    single.setdefault(key, []).append(alone(onnx, args, spin, batch))
     summary = {}
     for mode, runs in ratios.items():
         flat = [x for run in runs for x in run]
         summary[mode] = {"median": statistics.median(flat), "min": min(flat), "max": max(flat)}
         print(f"{mode:8s}: median {summary[mode]['median']:.2f}, range "
               f"{summary[mode]['min']:.2f}-{summary[mode]['max']:.2f} (1.00 is fair)")  # fmt: skip
+    for key, ms in sorted(single.items()):
+        summary[f"alone {key} ms"] = statistics.median(ms)
+        print(f"one session alone, {key}: median {statistics.median(ms):.3f} ms")
     if args.output:
         record = {
             "args": vars(args) | {"output": str(args.output)},
             "ratios": ratios,
+            "alone_ms": single,
             "summary": summary,
             "environment": environment_info(ort_threads=args.threads),
         }
