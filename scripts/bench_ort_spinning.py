@@ -21,63 +21,32 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-import onnxruntime as ort
 import torch
 
-from capl.benchmark import environment_info, export_onnx, measure_interleaved
-from capl.benchmark import timers as timer_module
+from capl.benchmark import environment_info, export_onnx, measure_interleaved, ort_timer
 from capl.models import build_network
-
-
-def session_factory(spin: bool) -> Any:
-    """``capl.benchmark.timers.ort_session``'s settings with spinning set as asked."""
-
-    def make(path: Any, threads: int, device: Any = "cpu") -> Any:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    return make
 
 
 def one_run(onnx: Path, args: argparse.Namespace, spin: bool) -> list[float]:
     """Speed of each copy relative to the first model (first median / copy median)."""
-    saved = timer_module.ort_session
-    timer_module.ort_session = session_factory(spin)
-    try:
-        shape = (3, args.size, args.size)
-        timers = [
-            timer_module.ort_timer(onnx, shape, args.batch_size, args.threads)
-            for _ in range(args.copies + 1)
-        ]
-        results = measure_interleaved(
-            timers, warmup=3, repeats=args.repeats, min_time_s=0.1, rounds=6
-        )
-    finally:
-        timer_module.ort_session = saved
+    shape = (3, args.size, args.size)
+    timers = [
+        ort_timer(onnx, shape, args.batch_size, args.threads, spinning=spin)
+        for _ in range(args.copies + 1)
+    ]
+    results = measure_interleaved(timers, warmup=3, repeats=args.repeats, min_time_s=0.1, rounds=6)
     medians = [r["median_ms"] for r in results]
     return [medians[0] / m for m in medians[1:]]
 
 
 def alone(onnx: Path, args: argparse.Namespace, spin: bool, batch: int) -> float:
     """Median ms of one session timed by itself (no other session alive)."""
-    saved = timer_module.ort_session
-    timer_module.ort_session = session_factory(spin)
-    try:
-        shape = (3, args.size, args.size)
-        with timer_module.ort_timer(onnx, shape, batch, args.threads) as (step, _):
-            for _ in range(5):
-                step()
-            return statistics.median(step() for _ in range(max(args.repeats, 60 // batch)))
-    finally:
-        timer_module.ort_session = saved
+    shape = (3, args.size, args.size)
+    with ort_timer(onnx, shape, batch, args.threads, spinning=spin) as (step, _):
+        for _ in range(5):
+            step()
+        return statistics.median(step() for _ in range(max(args.repeats, 60 // batch)))
 
 
 def main(argv: list[str] | None = None) -> int:

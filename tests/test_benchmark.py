@@ -318,6 +318,9 @@ def test_onnxruntime_sessions_do_not_spin_and_still_compute(tmp_path):
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(out), model(x), atol=1e-5)
+    # ORT's own default, for comparison runs (scripts/bench_ort_spinning.py)
+    spinning = ort_session(path, threads=2, spinning=True).get_session_options()
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
 
 
 def test_peak_memory_cpu_bounds():

@@ -153,19 +153,24 @@ def torch_timer(
 
 
 def ort_session(
-    onnx_path: str | os.PathLike, threads: int, device: str | torch.device = "cpu"
+    onnx_path: str | os.PathLike,
+    threads: int,
+    device: str | torch.device = "cpu",
+    spinning: bool = False,
 ) -> Any:
     """An ONNX Runtime session configured for benchmarking.
 
     Explicit ``intra_op_num_threads`` (the published reference pinned ORT to one thread
     silently), one inter-op thread with sequential execution, intra-op threads that sleep
-    instead of spinning after a run, all graph optimisations, and the CUDA provider when
-    ``device`` is CUDA and ORT offers it.
+    instead of spinning after a run (unless ``spinning``), all graph optimisations, and the
+    CUDA provider when ``device`` is CUDA and ORT offers it.
 
     Args:
         onnx_path: The ``.onnx`` file.
         threads: Intra-op threads (>= 1).
         device: ``"cpu"`` or ``"cuda"``.
+        spinning: Let idle intra-op threads spin (ORT's own default; faster alone, unfair when
+            several sessions are timed in turn).
 
     Returns:
         The ``onnxruntime.InferenceSession``.
@@ -181,7 +186,7 @@ def ort_session(
     # interleaved timing keeps several sessions alive: a spinning pool of the model just timed
     # steals cores from the next one, so models in the middle of a round looked 0.6-0.8x as
     # fast as an identical copy timed first (scripts/bench_ort_spinning.py)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
@@ -201,13 +206,15 @@ def ort_timer(
     threads: int = 1,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    spinning: bool = False,
 ) -> Timer:
     """A ready ONNX Runtime session for timing: yields ``(step, info)``; ``step()`` returns ms.
 
     Timed with ``time.perf_counter`` around ``session.run`` (which returns host arrays, so it
     is synchronous; on CUDA this includes the host-device copies of input and output).
+    ``spinning`` as in :func:`ort_session`.
     """
-    session = ort_session(onnx_path, threads, device)
+    session = ort_session(onnx_path, threads, device, spinning)
     feed = {session.get_inputs()[0].name: make_input(input_shape, batch_size, seed).numpy()}
 
     def step() -> float:
