@@ -59,13 +59,12 @@ def demo_sweep(ratios: list[float], mode: str, base: str | None, epochs: int | N
         retrain_epochs=[0],
     )
     raw["benchmark"].update(MODES[mode])
-    if base is None:
-        if epochs is not None:
-            raw["base"]["train"]["max_epochs"] = epochs
-            raw["base"]["train"]["lr_scheduler"]["init_args"]["T_max"] = epochs
-    else:
+    if base is not None:
         raw["base"].pop("train")
         raw["base"]["checkpoint"] = base
+    elif epochs is not None:
+        raw["base"]["train"]["max_epochs"] = epochs
+        raw["base"]["train"]["lr_scheduler"]["init_args"]["T_max"] = epochs
     return parse_sweep_config(raw)
 
 
