@@ -492,6 +492,17 @@ def test_bnscale_gamma_and_fallback() -> None:
     scores = crit.score(vgg, all_convs(vgg), {})
     assert crit.fallback_layers == list(all_convs(vgg))
     assert torch.equal(scores["features.0"], L1Norm().score(vgg, all_convs(vgg), {})["features.0"])
+    # mixed network: SE convs' L1 norms, rescaled to the mean |gamma|, same order within a layer
+    mnv3 = _network("mobilenet_v3_large")
+    scores = crit.score(mnv3, all_convs(mnv3), {})
+    fc1 = "features.4.block.2.fc1"
+    assert fc1 in crit.fallback_layers and len(crit.fallback_layers) == 16
+    gammas = torch.cat(
+        [m.weight.detach().abs() for m in mnv3.modules() if isinstance(m, nn.BatchNorm2d)]
+    )
+    assert float(scores[fc1].mean()) == pytest.approx(float(gammas.mean()), rel=1e-5)
+    l1 = L1Norm().score(mnv3, all_convs(mnv3), {})[fc1]
+    assert torch.equal(torch.argsort(scores[fc1], stable=True), torch.argsort(l1, stable=True))
 
 
 @pytest.mark.parametrize("arch", ["mobilenet_v3_large", "efficientnet_b0"])

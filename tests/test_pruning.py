@@ -11,7 +11,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from capl.criteria import available_criteria
+from capl.criteria import BNScale, available_criteria
 from capl.criteria import base as criteria_base
 from capl.criteria.base import Criterion
 from capl.errors import ConfigError
@@ -786,3 +786,18 @@ def test_layer_ratios_plan_json_round_trip() -> None:
     old = json.loads(text)
     del old["config"]["layer_ratios"]
     assert PruningPlan.from_dict(old).config.layer_ratios is None
+
+
+def test_bnscale_global_cuts_squeeze_excitation_groups_like_the_rest() -> None:
+    """SE convs (no BatchNorm) fall back to L1 norms rescaled to the |gamma| scale.
+
+    With raw L1 norms (3-50 against gamma 1) every expansion group an SE block gates ranked
+    above all BN-only groups and stayed whole in a global ranking, while the rest was cut deep.
+    """
+    model, plan = _plan("mobilenet_v3_large", BNScale(), ratio=0.5, scope="global")
+    structure = analyse(model, _x())
+    removed = dict(plan.removed)
+    se = [g for g in structure.groups if any(".fc2" in n for n, _, _ in g.convs)]
+    assert len(se) >= 8
+    fractions = [len(removed.get(g.key, [])) / g.channels for g in se]
+    assert min(fractions) >= 0.2, fractions

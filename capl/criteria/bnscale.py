@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from capl.criteria._activations import conv_layers, following_batchnorms
@@ -17,9 +18,13 @@ class BNScale(Criterion):
     conv with matching width, which is the forward order in torchvision networks).
 
     A conv with no following affine BatchNorm (VGG without BN, SE-block convs) falls back to the
-    L1 norm of its filters (Li et al., 2017) so that every conv has a finite score. Such scores are
-    on a different scale than ``|gamma|``; use ``scope: layer`` or a per-layer normalisation when a
-    network mixes both, and see :attr:`fallback_layers` after scoring for which layers used it.
+    L1 norm of its filters (Li et al., 2017) so that every conv has a finite score. In a network
+    that also has scored BatchNorms, each such layer's L1 norms are rescaled so that their mean
+    is the mean ``|gamma|`` of the network: an SE conv coupled with BN-scored convs (the SE
+    excitation multiplies the expansion channels) then neither keeps its group whole nor empties
+    it in a global ranking, and the within-layer order is the L1 norm's. A network without any
+    BatchNorm keeps the plain L1 norms. See :attr:`fallback_layers` after scoring for which
+    layers used the fallback.
     """
 
     granularity = "filter"
@@ -46,4 +51,11 @@ class BNScale(Criterion):
             else:
                 self._fallback.append(name)
                 scores[name] = conv.weight.detach().flatten(1).norm(p=1, dim=1)
+        gammas = [bn.weight.detach().abs() for bn in bns.values() if bn.weight is not None]
+        if gammas and self._fallback:
+            scale = torch.cat(gammas).mean()
+            for name in self._fallback:
+                mean = scores[name].mean()
+                if mean > 0:  # an all-zero layer stays all zero
+                    scores[name] = scores[name] * (scale / mean)
         return scores
