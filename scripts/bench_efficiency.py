@@ -6,8 +6,10 @@ structured capl criterion prunes with capl's defaults (layer scope, ``round_to: 
 Torch-Pruning's ``MetaPruner`` (L1 magnitude, ``round_to`` 8, per-layer ratios) prunes to the
 same realised MACs as capl's L1Norm plan (its ratio bisected). With ``--latency-target``, L1Norm
 also prunes with ``target: latency`` (a per-layer table on ONNX Runtime at the first batch size,
-cached in ``--cache``). Data-driven criteria score on seeded random images (standard normal) with
-random labels among the first ten classes.
+cached in ``--cache``). With ``--equal-macs``, L1Norm also prunes to the MACs Torch-Pruning
+realised, for a same-MACs comparison where the bisection cannot hit capl's. Data-driven
+criteria score on seeded random images (standard normal) with random labels among the first
+ten classes.
 
 All models of a network (both cuts) and the base are then timed together per backend and batch
 size with :func:`capl.benchmark.measure_interleaved` (alternating rounds, identical inputs).
@@ -117,29 +119,44 @@ def prune_all(base: nn.Module, args: argparse.Namespace, network: str) -> list[d
         if table is not None:
             jobs.append(("L1Norm", "latency", args.scopes[0]))
         for name, target, scope in jobs:
-            crit = get_criterion(name)
-            entry: dict[str, Any] = {"cut": cut, "method": name, "target": target, "scope": scope}
-            try:
-                config = PruningConfig(ratio, scope=scope, target=target)
-                plan = make_plan(base, crit, scores[name], config, example, latency=table)
-            except ConfigError as err:
-                entry["error"] = str(err)
-                variants.append(entry)
-                continue
-            entry["model"] = apply_plan(copy.deepcopy(base), plan)
-            entry["selection"] = plan.report["selection"]
-            variants.append(entry)
+            entry = capl_variant(base, name, scores[name], (ratio, target, scope), example, table)
+            variants.append({"cut": cut, **entry})
         l1 = next(v for v in variants if v["cut"] == cut and v["method"] == "L1Norm")  # 1st scope
         macs = count_conv_linear_macs(l1["model"], shape)
         net, tp_ratio = torch_pruning_at(base, args.size, macs)
         variants.append({"cut": cut, "method": "Torch-Pruning MetaPruner (L1, round_to 8)",
                          "target": "macs", "scope": "layer", "model": net,
                          "tp_ratio": tp_ratio})  # fmt: skip
+        if args.equal_macs:  # capl at the MACs Torch-Pruning realised (its bisection misses ours)
+            tp_cut = 1 - count_conv_linear_macs(net, shape) / count_conv_linear_macs(base, shape)
+            spec = (tp_cut, "macs", args.scopes[0])
+            entry = capl_variant(base, "L1Norm", scores["L1Norm"], spec, example, table)
+            variants.append({"cut": cut, **entry, "method": "L1Norm at Torch-Pruning's MACs"})
     for v in variants:
         if "model" in v:
             v["macs"] = count_conv_linear_macs(v["model"], shape)
             v["off_widths"] = off_widths(v["model"])
     return variants
+
+
+def capl_variant(
+    base: nn.Module,
+    name: str,
+    scores: dict[str, torch.Tensor],
+    spec: tuple[float, str, str],
+    example: torch.Tensor,
+    table: Any,
+) -> dict[str, Any]:
+    """capl's plan for ``spec`` = (ratio, target, scope): the pruned model, or the error."""
+    ratio, target, scope = spec
+    entry: dict[str, Any] = {"method": name, "target": target, "scope": scope}
+    try:
+        config = PruningConfig(ratio, scope=scope, target=target)
+        plan = make_plan(base, get_criterion(name), scores, config, example, latency=table)
+    except ConfigError as err:
+        return {**entry, "error": str(err)}
+    return {**entry, "model": apply_plan(copy.deepcopy(base), plan),
+            "selection": plan.report["selection"]}  # fmt: skip
 
 
 def time_all(
@@ -298,6 +315,11 @@ def main() -> None:
         help="repeat the BenchmarkCallback's default protocol this often",
     )
     parser.add_argument("--latency-target", action="store_true")
+    parser.add_argument(
+        "--equal-macs",
+        action="store_true",
+        help="also prune with L1Norm to the MACs Torch-Pruning realised (same-MACs comparison)",
+    )
     parser.add_argument("--cache", default=None, help="latency table cache folder")
     parser.add_argument("--table-repeats", type=int, default=5, help="runs per table entry")
     parser.add_argument("--output", type=Path, default=None)
