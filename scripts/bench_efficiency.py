@@ -69,8 +69,12 @@ def off_widths(model: nn.Module, multiple: int = 8) -> int:
     return sum(1 for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels % multiple)
 
 
-def torch_pruning_at(base: nn.Module, size: int, macs: int) -> tuple[nn.Module, float]:
-    """Torch-Pruning MetaPruner (L1, round_to 8) with its ratio bisected to ``macs``."""
+def torch_pruning_at(base: nn.Module, size: int, macs: int) -> tuple[nn.Module, int, float]:
+    """Torch-Pruning MetaPruner (L1, round_to 8) with its ratio bisected to ``macs``.
+
+    Returns:
+        The pruned network, its MACs and the ratio that gave it.
+    """
     example = torch.zeros(1, 3, size, size)
     lo, hi, best = 0.0, 0.95, None
     for _ in range(8):  # MACs within ~0.5 % of the target
@@ -87,11 +91,13 @@ def torch_pruning_at(base: nn.Module, size: int, macs: int) -> tuple[nn.Module, 
             best = (net, got, ratio)
         lo, hi = (ratio, hi) if got > macs else (lo, ratio)
     assert best is not None
-    return best[0], best[2]
+    return best
 
 
-def prune_all(base: nn.Module, args: argparse.Namespace, network: str) -> list[dict[str, Any]]:
-    """Every pruned variant of ``base``: one entry per (cut, method)."""
+def prune_all(
+    base: nn.Module, base_macs: int, args: argparse.Namespace, network: str
+) -> list[dict[str, Any]]:
+    """Every pruned variant of ``base`` (``base_macs`` conv+linear MACs): one per (cut, method)."""
     shape = (3, args.size, args.size)
     example = torch.zeros(1, *shape)
     batches = calibration(args.size, args.images, args.batch)
@@ -123,13 +129,12 @@ def prune_all(base: nn.Module, args: argparse.Namespace, network: str) -> list[d
             variants.append({"cut": cut, **entry})
         l1 = next(v for v in variants if v["cut"] == cut and v["method"] == "L1Norm")  # 1st scope
         macs = count_conv_linear_macs(l1["model"], shape)
-        net, tp_ratio = torch_pruning_at(base, args.size, macs)
+        net, tp_macs, tp_ratio = torch_pruning_at(base, args.size, macs)
         variants.append({"cut": cut, "method": "Torch-Pruning MetaPruner (L1, round_to 8)",
                          "target": "macs", "scope": "layer", "model": net,
                          "tp_ratio": tp_ratio})  # fmt: skip
         if args.equal_macs:  # capl at the MACs Torch-Pruning realised (its bisection misses ours)
-            tp_cut = 1 - count_conv_linear_macs(net, shape) / count_conv_linear_macs(base, shape)
-            spec = (tp_cut, "macs", args.scopes[0])
+            spec = (1 - tp_macs / base_macs, "macs", args.scopes[0])
             entry = capl_variant(base, "L1Norm", scores["L1Norm"], spec, example, table)
             variants.append({"cut": cut, **entry, "method": "L1Norm at Torch-Pruning's MACs"})
     for v in variants:
@@ -332,14 +337,14 @@ def main() -> None:
     for network in args.networks:
         torch.manual_seed(0)
         base = build_network(network, 1000).eval()
-        variants = prune_all(base, args, network)
+        base_macs = count_conv_linear_macs(base, (3, args.size, args.size))
+        variants = prune_all(base, base_macs, args, network)
         with tempfile.TemporaryDirectory(prefix="capl-eff-") as tmp:
             cells = time_all(base, variants, args, Path(tmp))
             if args.stability and network == args.networks[0]:
                 l1 = next(v for v in variants if v["method"] == "L1Norm" and "model" in v)
                 stable = stability(base, l1["model"], args, Path(tmp))
         cell_names = list(cells)
-        base_macs = count_conv_linear_macs(base, (3, args.size, args.size))
         rows += results(network, base_macs, variants, cells)
     text = markdown(rows, cell_names)
     print(text)

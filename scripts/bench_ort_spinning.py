@@ -42,11 +42,10 @@ def one_run(onnx: Path, args: argparse.Namespace, spin: bool) -> list[float]:
 
 def alone(onnx: Path, args: argparse.Namespace, spin: bool, batch: int) -> float:
     """Median ms of one session timed by itself (no other session alive)."""
-    shape = (3, args.size, args.size)
-    with ort_timer(onnx, shape, batch, args.threads, spinning=spin) as (step, _):
-        for _ in range(5):
-            step()
-        return statistics.median(step() for _ in range(max(args.repeats, 60 // batch)))
+    timer = ort_timer(onnx, (3, args.size, args.size), batch, args.threads, spinning=spin)
+    repeats = max(args.repeats, 60 // batch)
+    (result,) = measure_interleaved([timer], warmup=5, repeats=repeats, min_time_s=0.0, rounds=1)
+    return result["median_ms"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,13 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             order = [True, False] if r % 2 == 0 else [False, True]
             for spin in order:
+                mode = "spinning" if spin else "sleeping"
                 got = one_run(onnx, args, spin)
-                ratios["spinning" if spin else "sleeping"].append(got)
-                print(f"round {r}: {'spinning' if spin else 'sleeping':8s} copy speed / first "
-                      f"{[round(x, 2) for x in got]}", flush=True)  # fmt: skip
+                ratios[mode].append(got)
+                print(f"round {r}: {mode:8s} copy speed / first {[round(x, 2) for x in got]}",
+                      flush=True)  # fmt: skip
                 for batch in (1, args.batch_size):
-                    key = f"{'spinning' if spin else 'sleeping'} bs{batch}"
-                    single.setdefault(key, []).append(alone(onnx, args, spin, batch))
+                    single.setdefault(f"{mode} bs{batch}", []).append(
+                        alone(onnx, args, spin, batch)
+                    )
     summary = {}
     for mode, runs in ratios.items():
         flat = [x for run in runs for x in run]
