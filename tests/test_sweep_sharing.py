@@ -6,7 +6,9 @@ backends; every assertion reads what the sweep wrote.
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from capl.callbacks.benchmark_sharing import base_key
 from capl.datamodules import DigitsSubset
 from capl.models import build_network
 from capl.sweep.grid import parse_sweep_config
-from capl.sweep.points import BASE_BENCH_DIR
+from capl.sweep.points import BASE_BENCH_DIR, long_lived_objects_frozen
 from capl.sweep.runner import RESULT_FILE, run_sweep
 
 BENCH = {
@@ -207,8 +209,11 @@ def test_interrupt_while_pruning_times_and_records_the_points_already_pruned(
     real = runner_mod.run_point
     started: list[str] = []
 
+    frozen: list[int] = []
+
     def run_point(config: Any, point: Any, *args: Any, **kwargs: Any) -> Any:
         started.append(point.point_id)
+        frozen.append(gc.get_freeze_count())
         if len(started) == 3:
             raise KeyboardInterrupt  # Ctrl-C while the third point is being pruned
         return real(config, point, *args, **kwargs)
@@ -216,6 +221,8 @@ def test_interrupt_while_pruning_times_and_records_the_points_already_pruned(
     monkeypatch.setattr(runner_mod, "run_point", run_point)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(config, tmp_path, plots=False)
+    # the objects alive before the loop were frozen while the points ran, thawed on Ctrl-C
+    assert len(frozen) == 3 and min(frozen) > 10_000 and gc.get_freeze_count() == 0
     recorded = {p.parent.name for p in (tmp_path / "points").glob(f"*/{RESULT_FILE}")}
     assert recorded == set(started[:2])  # the two pruned points were timed before stopping
     for name in recorded:
@@ -228,3 +235,26 @@ def test_interrupt_while_pruning_times_and_records_the_points_already_pruned(
     rerun = run_sweep(config, tmp_path, plots=False)
     assert [r.point_id for r in rerun.ran] == [started[2]]  # only the interrupted point again
     assert sorted(rerun.already_done) == sorted(started[:2])
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_frozen_heap_still_collects_what_the_points_leave() -> None:
+    alive_before = _Cycle()
+    with long_lived_objects_frozen():
+        assert gc.get_freeze_count() > 0
+        left = _Cycle()  # a point's trainer and model hold cycles like this one
+        dead = weakref.ref(left)
+        del left
+        gc.collect()
+        assert dead() is None  # collected although the older objects are skipped
+        frozen_cycle = weakref.ref(alive_before)
+        del alive_before
+        gc.collect()
+        assert frozen_cycle() is not None  # frozen: not collected while the points run
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert frozen_cycle() is None  # thawed: collectable again

@@ -7,11 +7,13 @@ laid over them: criterion, ratio, scope, target and score cache; output and run 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import shutil
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,14 @@ from capl.sweep.launch import (
 from capl.sweep.records import BENCHMARK_FILE, RESULT_FILE, TRACEBACK_FILE, now, to_record
 from capl.sweep.spec import SweepConfig
 
-__all__ = ["BASE_BENCH_DIR", "PendingPoint", "PointResult", "point_config", "run_point"]
+__all__ = [
+    "BASE_BENCH_DIR",
+    "PendingPoint",
+    "PointResult",
+    "long_lived_objects_frozen",
+    "point_config",
+    "run_point",
+]
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +269,27 @@ def _pending_job(cli: Any) -> LatencyJob:
         if isinstance(callback, BenchmarkCallback) and callback.pending is not None:
             return callback.pending
     raise RuntimeError("the run left no deferred latency (BenchmarkCallback latency: deferred)")
+
+
+@contextlib.contextmanager
+def long_lived_objects_frozen() -> Iterator[None]:
+    """Leave the objects alive now out of the garbage collections that end each point.
+
+    :func:`run_point` ends with a full ``gc.collect()`` so that the CLI, trainer and model a
+    point built (held in reference cycles) are freed before the next one. With torch,
+    Lightning, jsonargparse and matplotlib loaded, such a collection walks about half a million
+    long-lived objects: 0.22 s a point, a tenth of a prune-only point's work outside its
+    latency timing. Frozen (``gc.freeze``), they are skipped, and a collection walks only what
+    the points allocated since (0.01 s). They are unfrozen on the way out, interrupted or
+    not, so that they are collectable again. (``gc.unfreeze`` thaws every frozen object, also
+    any that a caller froze.)
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def run_point(

@@ -41,7 +41,13 @@ from capl.sweep import preflight
 from capl.sweep.base import BASE_DONE, base_checkpoint, base_folder
 from capl.sweep.grid import Point, Skipped, SweepConfig, expand_grid
 from capl.sweep.launch import run_capl as _capl  # noqa: F401 (its old name, used by tests)
-from capl.sweep.points import PendingPoint, PointResult, point_config, run_point
+from capl.sweep.points import (
+    PendingPoint,
+    PointResult,
+    long_lived_objects_frozen,
+    point_config,
+    run_point,
+)
 from capl.sweep.records import (
     BENCHMARK_FILE,
     RESULT_FILE,
@@ -272,7 +278,8 @@ def run_sweep(
         base = base_checkpoint(config, output)
         run.base_seconds = time.perf_counter() - base_start
         if not base_only:
-            _run_points(run, config, _select(run, chosen, output, force), base, output, index)
+            with long_lived_objects_frozen():  # each point's own gc.collect() stays cheap
+                _run_points(run, config, _select(run, chosen, output, force), base, output, index)
             if index is None:
                 run.rows = write_outputs(config, points, output, plots)
     run.seconds = time.perf_counter() - start
