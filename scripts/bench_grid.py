@@ -2,13 +2,17 @@
 
 Runs in one process, on the digits demo setup (configs/experiments/demo.yaml: ResNet-20 at
 32x32, its benchmark section: batch 1 and 32, torch and ONNX Runtime), a 1-ratio and an
-11-ratio prune-only grid of L1-norm (layer scope), each in a fresh sweep folder, twice per round:
+11-ratio prune-only grid of L1-norm (layer scope), each in a fresh sweep folder, once per mode
+and round:
 
 - ``per-point``: ``benchmark.latency: paired`` and ``base_cache: null``, the behaviour before
   issue 9's sharing: every point evaluates, profiles and exports the base and times it paired
-  with its pruned model;
-- ``shared``: the defaults: the base block measured once (``OUTPUT/base_bench``) and the
-  pruned models timed against the base in one interleaved group run.
+  with its pruned model (heap not frozen);
+- ``unfrozen``: shared as below, but with the heap not frozen while the points run
+  (:func:`capl.sweep.points.long_lived_objects_frozen` replaced by a no-op, the behaviour
+  before it): each point's closing ``gc.collect()`` walks every long-lived object;
+- ``shared``: the defaults: the base block measured once (``OUTPUT/base_bench``), the
+  pruned models timed against the base in one interleaved group run, the heap frozen.
 
 Each figure is the wall time of ``run_sweep`` (points, group timing, results.csv and report;
 no plots). The base model is trained once beforehand, as the demo sweep trains it (its epochs
@@ -23,6 +27,7 @@ python scripts/bench_grid.py --rounds 2 --output /tmp/grid_cost.json
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import statistics
@@ -31,10 +36,12 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import yaml
 
 from capl.benchmark import environment_info
+from capl.sweep import runner
 from capl.sweep.base import base_checkpoint
 from capl.sweep.grid import parse_sweep_config
 from capl.sweep.runner import run_sweep
@@ -43,8 +50,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "experiments" / "demo.yaml"
 MODES = {
     "per-point": {"latency": "paired", "base_cache": None},
+    "unfrozen": {},
     "shared": {},
 }
+UNFROZEN = {"per-point", "unfrozen"}  # modes run as before the heap was frozen
 ONE = [0.5]
 ELEVEN = [round(0.1 + 0.05 * i, 2) for i in range(11)]
 
@@ -68,9 +77,12 @@ def demo_sweep(ratios: list[float], mode: str, base: str | None, epochs: int | N
     return parse_sweep_config(raw)
 
 
-def timed(config: Any, folder: Path) -> float:
+def timed(config: Any, folder: Path, frozen: bool = True) -> float:
+    """Seconds of one ``run_sweep``; ``frozen=False`` leaves the heap unfrozen (as before)."""
+    unfrozen = mock.patch.object(runner, "long_lived_objects_frozen", contextlib.nullcontext)
     start = time.perf_counter()
-    run = run_sweep(config, folder, plots=False)
+    with contextlib.nullcontext() if frozen else unfrozen:
+        run = run_sweep(config, folder, plots=False)
     seconds = time.perf_counter() - start
     failed = [r.point_id for r in run.failed]
     if failed:
@@ -113,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="capl-grid-cost-"))
+    if args.workdir and work.exists() and any(work.iterdir()):
+        # sweeps resume: an earlier run's finished points would be timed as free
+        parser.error(f"--workdir {work} is not empty: give a new or empty folder")
     start = time.perf_counter()
     base = base_checkpoint(demo_sweep(ONE, "shared", None, args.base_epochs), work / "base")
     base_s = time.perf_counter() - start
@@ -125,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in order:
             for ratios in (ONE, ELEVEN):
                 folder = work / f"r{r}-{mode}-{len(ratios)}"
-                spent = timed(demo_sweep(ratios, mode, base, 0), folder)
+                spent = timed(demo_sweep(ratios, mode, base, 0), folder, mode not in UNFROZEN)
                 seconds[mode][len(ratios)].append(spent)
                 print(f"round {r}: {mode:9s} {len(ratios):2d} ratios {spent:7.1f} s", flush=True)
     summary = summarise(seconds, base_s)
