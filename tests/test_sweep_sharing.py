@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 import capl.callbacks.benchmark as benchmark_mod
 import capl.sweep.runner as runner_mod
 import capl.sweep.sharing as sharing_mod
 from capl.benchmark.base_cache import BASE_BLOCK_FILE, BaseCache
+from capl.benchmark.group import LatencyJob, architecture_key, time_jobs
 from capl.callbacks.benchmark_sharing import base_key
 from capl.datamodules import DigitsSubset
 from capl.models import build_network
@@ -258,3 +260,64 @@ def test_frozen_heap_still_collects_what_the_points_leave() -> None:
     assert gc.get_freeze_count() == 0
     gc.collect()
     assert frozen_cycle() is None  # thawed: collectable again
+
+
+def _net(width: int, stride: int = 1) -> nn.Module:
+    conv = nn.Conv2d(3, width, 3, stride=stride, padding=1)
+    return nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(width * (8 // stride) ** 2, 2))
+
+
+def test_models_of_one_architecture_are_timed_once() -> None:
+    torch.manual_seed(0)
+    base, a, same_as_a, b = _net(16), _net(8), _net(8), _net(8, stride=2)
+    assert architecture_key(a) == architecture_key(same_as_a)  # other weights, same shapes
+    assert not torch.equal(a[0].weight, same_as_a[0].weight)
+    assert len({architecture_key(m) for m in (base, a, b)}) == 3  # width, stride
+    finished: dict[str, tuple[Any, Any]] = {}
+    timing = {"input_shape": [3, 8, 8], "batch_sizes": [1, 2], "backends": ["torch"],
+              "warmup": 0, "repeats": 2, "min_time_s": 0, "rounds": 2}  # fmt: skip
+    jobs = [
+        LatencyJob(key="k", base=base if i == 0 else None, base_onnx=None, model=model,
+                   onnx=None, timing=timing, name=name,
+                   finish=lambda before, after, name=name: finished.update({name: (before, after)}))
+        for i, (name, model) in enumerate([("a", a), ("same-as-a", same_as_a), ("b", b)])
+    ]  # fmt: skip
+    time_jobs(jobs)
+    for batch in ("bs1", "bs2"):
+        cells = {name: after["torch"][batch] for name, (_, after) in finished.items()}
+        assert all(cell["interleaved_models"] == 3 for cell in cells.values())  # base, a, b
+        assert cells["same-as-a"].pop("same_architecture_as") == "a"
+        assert cells["same-as-a"] == cells["a"]  # a's measurement, copied
+        assert "same_architecture_as" not in cells["a"] and "same_architecture_as" not in cells["b"]
+        assert cells["b"]["median_ms"] != cells["a"]["median_ms"]
+    assert finished["a"][0] == finished["b"][0]  # one base measurement for all
+
+
+def test_criteria_with_equal_widths_share_one_timing_in_a_sweep(
+    digits_base: Path, tmp_path: Path
+) -> None:
+    config = parse_sweep_config(
+        {
+            "name": "same-widths",
+            "base": {"network": "resnet20", "small_input": True, "num_classes": 10,
+                     "checkpoint": str(digits_base)},
+            "data": DATA,
+            # layer scope: every criterion keeps the same number of channels per layer
+            "grid": {"criteria": [{"class_path": "L1Norm", "scopes": ["layer"]},
+                                  {"class_path": "Random", "scopes": ["layer"]}],
+                     "ratios": [0.5], "classes": [[3, 5, 8]]},
+            "pruning": {"round_to": 8},
+            "benchmark": BENCH,
+        }
+    )  # fmt: skip
+    run = run_sweep(config, tmp_path, plots=False)
+    assert [r.status for r in run.ran] == ["ok"] * 2
+    benches = records(tmp_path)
+    l1 = next(b for name, b in benches.items() if name.startswith("l1norm"))
+    rand = next(b for name, b in benches.items() if name.startswith("random"))
+    assert l1["after"]["macs"] == rand["after"]["macs"]
+    for backend in ("torch", "onnxruntime"):
+        cells = [bench["after"]["latency_ms"][backend]["bs1"] for bench in (l1, rand)]
+        assert [c["interleaved_models"] for c in cells] == [2, 2]  # the base and one model
+        assert len([c for c in cells if "same_architecture_as" in c]) == 1
+        assert cells[0]["median_ms"] == cells[1]["median_ms"]

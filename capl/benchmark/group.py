@@ -7,10 +7,16 @@ the base's timing once per point; instead each point leaves a :class:`LatencyJob
 :func:`capl.benchmark.measure_interleaved` (every round times each model in turn, order reversed
 every other round), so every speed-up is still a ratio of medians measured side by side under
 the same machine load, and the base is timed once per group instead of once per point.
+Jobs whose models have the same architecture (:func:`architecture_key`: module tree, layer
+settings, tensor shapes and dtypes) are timed once: latency depends on the shapes, not on the
+weights, and several ratios or criteria often end in the same widths (channel rounding,
+layer scope). Their cells carry ``same_architecture_as``, the name of the job actually timed.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -21,7 +27,7 @@ from torch import nn
 
 from capl.benchmark.profile import paired_latency
 
-__all__ = ["LatencyJob", "group_latency", "time_jobs"]
+__all__ = ["LatencyJob", "architecture_key", "group_latency", "time_jobs"]
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +98,46 @@ def group_latency(
     return out
 
 
+def architecture_key(model: nn.Module) -> str:
+    """A hash of what a model's latency depends on, its weights' values aside.
+
+    Covers each module's class, settings (its ``extra_repr``: channels, kernel, stride, padding,
+    groups, ...) and hook counts, and each parameter's and buffer's name, shape and dtype. Two
+    models with equal keys run the same operations on tensors of the same shapes.
+    """
+    digest = hashlib.sha256()
+    for name, module in model.named_modules():
+        hooks = len(module._forward_hooks) + len(module._forward_pre_hooks)
+        kind = f"{type(module).__module__}.{type(module).__qualname__}"
+        digest.update(f"{name}|{kind}|{module.extra_repr()}|{hooks}\n".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}\n".encode())
+    return digest.hexdigest()
+
+
+def _timed_once(jobs: Sequence[LatencyJob]) -> list[int]:
+    """For each job, the index of the first job with the same architecture and ONNX presence."""
+    first: dict[tuple[str, bool], int] = {}
+    return [
+        first.setdefault((architecture_key(job.model), job.onnx is None), i)
+        for i, job in enumerate(jobs)
+    ]
+
+
+def _same_as(latency: Latency, name: str) -> Latency:
+    """A copy of another job's cells, each saying whose model was timed."""
+    cells = copy.deepcopy(latency)
+    for by_batch in cells.values():
+        for cell in by_batch.values():
+            cell["same_architecture_as"] = name
+    return cells
+
+
 def time_jobs(jobs: Sequence[LatencyJob]) -> None:
     """Time the jobs' models and their base in one interleaved run; hand each job its cells.
+
+    Models of the same architecture are timed once (the first of them); the others get copies
+    of its cells marked ``same_architecture_as``.
 
     Raises:
         ValueError: The jobs do not share one key, or the first has no base model.
@@ -107,16 +151,23 @@ def time_jobs(jobs: Sequence[LatencyJob]) -> None:
         raise ValueError("the first job of a group must carry the base model")
     timing = dict(first.timing)
     input_shape = tuple(timing.pop("input_shape"))
+    timed_as = _timed_once(jobs)
+    distinct = sorted(set(timed_as))
     log.info(
-        "timing %d pruned model(s) against their base in one interleaved run: %s",
+        "timing %d pruned model(s) (%d distinct architectures) against their base in one "
+        "interleaved run: %s",
         len(jobs),
+        len(distinct),
         ", ".join(job.name for job in jobs),
     )
     latencies = group_latency(
-        [first.base, *(job.model for job in jobs)],
-        [first.base_onnx, *(job.onnx for job in jobs)],
+        [first.base, *(jobs[i].model for i in distinct)],
+        [first.base_onnx, *(jobs[i].onnx for i in distinct)],
         input_shape,
         **timing,
     )
-    for job, latency in zip(jobs, latencies[1:]):
+    measured = dict(zip(distinct, latencies[1:]))
+    for i, job in enumerate(jobs):
+        rep = timed_as[i]
+        latency = measured[rep] if rep == i else _same_as(measured[rep], jobs[rep].name)
         job.finish(latencies[0], latency)
