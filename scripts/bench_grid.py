@@ -3,16 +3,23 @@
 Runs in one process, on the digits demo setup (configs/experiments/demo.yaml: ResNet-20 at
 32x32, its benchmark section: batch 1 and 32, torch and ONNX Runtime), a 1-ratio and an
 11-ratio prune-only grid of L1-norm (layer scope), each in a fresh sweep folder, once per mode
-and round:
+and round. Each mode adds one step to the one before:
 
 - ``per-point``: ``benchmark.latency: paired`` and ``base_cache: null``, the behaviour before
   issue 9's sharing: every point evaluates, profiles and exports the base and times it paired
-  with its pruned model (heap not frozen);
-- ``unfrozen``: shared as below, but with the heap not frozen while the points run
-  (:func:`capl.sweep.points.long_lived_objects_frozen` replaced by a no-op, the behaviour
-  before it): each point's closing ``gc.collect()`` walks every long-lived object;
-- ``shared``: the defaults: the base block measured once (``OUTPUT/base_bench``), the
-  pruned models timed against the base in one interleaved group run, the heap frozen.
+  with its pruned model;
+- ``shared``: the base block measured once (``OUTPUT/base_bench``) and the pruned models
+  timed against the base in one interleaved group run, each model timed (as before
+  2026-12-06's second session);
+- ``frozen``: shared, and the heap frozen while the points run
+  (:func:`capl.sweep.points.long_lived_objects_frozen`), so that each point's closing
+  ``gc.collect()`` walks only what the points allocated;
+- ``defaults``: frozen, and models of one architecture timed once
+  (:func:`capl.benchmark.group.architecture_key`): capl's defaults.
+
+The modes before the defaults are made by patching the later steps out in this process
+(``long_lived_objects_frozen`` by a no-op, ``capl.benchmark.group._timed_once`` by one entry
+per job).
 
 Each figure is the wall time of ``run_sweep`` (points, group timing, results.csv and report;
 no plots). The base model is trained once beforehand, as the demo sweep trains it (its epochs
@@ -34,13 +41,14 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import yaml
 
-from capl.benchmark import environment_info
+from capl.benchmark import environment_info, group
 from capl.sweep import runner
 from capl.sweep.base import base_checkpoint
 from capl.sweep.grid import parse_sweep_config
@@ -48,12 +56,23 @@ from capl.sweep.runner import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "experiments" / "demo.yaml"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A way of running the grid: benchmark overrides and the sharing steps switched on."""
+
+    benchmark: dict[str, Any]
+    frozen: bool = True
+    by_architecture: bool = True
+
+
 MODES = {
-    "per-point": {"latency": "paired", "base_cache": None},
-    "unfrozen": {},
-    "shared": {},
+    "per-point": Mode({"latency": "paired", "base_cache": None}, False, False),
+    "shared": Mode({}, frozen=False, by_architecture=False),
+    "frozen": Mode({}, by_architecture=False),
+    "defaults": Mode({}),
 }
-UNFROZEN = {"per-point", "unfrozen"}  # modes run as before the heap was frozen
 ONE = [0.5]
 ELEVEN = [round(0.1 + 0.05 * i, 2) for i in range(11)]
 
@@ -67,7 +86,7 @@ def demo_sweep(ratios: list[float], mode: str, base: str | None, epochs: int | N
         ratios=ratios,
         retrain_epochs=[0],
     )
-    raw["benchmark"].update(MODES[mode])
+    raw["benchmark"].update(MODES[mode].benchmark)
     if base is not None:
         raw["base"].pop("train")
         raw["base"]["checkpoint"] = base
@@ -77,13 +96,19 @@ def demo_sweep(ratios: list[float], mode: str, base: str | None, epochs: int | N
     return parse_sweep_config(raw)
 
 
-def timed(config: Any, folder: Path, frozen: bool = True) -> float:
-    """Seconds of one ``run_sweep``; ``frozen=False`` leaves the heap unfrozen (as before)."""
-    unfrozen = mock.patch.object(runner, "long_lived_objects_frozen", contextlib.nullcontext)
-    start = time.perf_counter()
-    with contextlib.nullcontext() if frozen else unfrozen:
+def timed(config: Any, folder: Path, mode: Mode = MODES["defaults"]) -> float:
+    """Seconds of one ``run_sweep``, with the sharing steps ``mode`` leaves out patched out."""
+    with contextlib.ExitStack() as patches:
+        if not mode.frozen:
+            patches.enter_context(
+                mock.patch.object(runner, "long_lived_objects_frozen", contextlib.nullcontext)
+            )
+        if not mode.by_architecture:
+            every_job = mock.patch.object(group, "_timed_once", lambda jobs: list(range(len(jobs))))
+            patches.enter_context(every_job)
+        start = time.perf_counter()
         run = run_sweep(config, folder, plots=False)
-    seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
     failed = [r.point_id for r in run.failed]
     if failed:
         raise SystemExit(f"points failed in {folder}: {failed}")
@@ -92,7 +117,7 @@ def timed(config: Any, folder: Path, frozen: bool = True) -> float:
 
 def summarise(seconds: dict[str, dict[int, list[float]]], base_s: float) -> dict[str, Any]:
     """Print and return the medians: grid-only 11/1 and whole-command (base + grid) 11/1."""
-    print(f"\nmedians over {len(seconds['shared'][1])} rounds; base training {base_s:.1f} s")
+    print(f"\nmedians over {len(seconds['defaults'][1])} rounds; base training {base_s:.1f} s")
     print(
         f"{'mode':9s}  {'1 ratio s':>10s}  {'11 ratios s':>11s}  {'grid 11/1':>9s}  "
         f"{'command 11/1':>12s}"
@@ -140,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in order:
             for ratios in (ONE, ELEVEN):
                 folder = work / f"r{r}-{mode}-{len(ratios)}"
-                spent = timed(demo_sweep(ratios, mode, base, 0), folder, mode not in UNFROZEN)
+                spent = timed(demo_sweep(ratios, mode, base, 0), folder, MODES[mode])
                 seconds[mode][len(ratios)].append(spent)
                 print(f"round {r}: {mode:9s} {len(ratios):2d} ratios {spent:7.1f} s", flush=True)
     summary = summarise(seconds, base_s)
