@@ -68,7 +68,9 @@ class Mode:
 
 
 MODES = {
-    "per-point": Mode({"latency": "paired", "base_cache": None}, False, False),
+    "per-point": Mode(
+        {"latency": "paired", "base_cache": None}, frozen=False, by_architecture=False
+    ),
     "shared": Mode({}, frozen=False, by_architecture=False),
     "frozen": Mode({}, by_architecture=False),
     "defaults": Mode({}),
