@@ -623,6 +623,12 @@ CASES: list[tuple[str, str, Build, list[str]]] = [
         ["results.csv is damaged"],
     ),
     (
+        "report-folder-is-a-file",
+        REPORT,
+        lambda t, f: [str(f.a_file)],
+        ["is a file, not a folder", "results.csv"],
+    ),
+    (
         "report-results-bad-status",
         REPORT,
         lambda t, f: _results(t, _bad_status),

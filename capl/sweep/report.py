@@ -344,8 +344,9 @@ def render_report(rows: Sequence[Mapping[str, Any]], plots: Sequence[str] = ()) 
 def _read_folder(folder: Path) -> list[dict[str, Any]]:
     """The rows of ``folder/results.csv``, with errors that say what a sweep folder holds."""
     if not folder.is_dir():
+        problem = "is a file, not a folder" if folder.exists() else "does not exist"
         raise FileNotFoundError(
-            f"sweep folder {str(folder)!r} does not exist; expected a capl-sweep output folder "
+            f"sweep folder {str(folder)!r} {problem}; expected a capl-sweep output folder "
             f"holding {RESULTS_CSV}"
         )
     csv_path = folder / RESULTS_CSV
