@@ -128,10 +128,10 @@ def prune_all(
             entry = capl_variant(base, name, scores[name], (ratio, target, scope), example, table)
             variants.append({"cut": cut, **entry})
         l1 = next(v for v in variants if v["cut"] == cut and v["method"] == "L1Norm")  # 1st scope
-        macs = count_conv_linear_macs(l1["model"], shape)
-        net, tp_macs, tp_ratio = torch_pruning_at(base, args.size, macs)
+        l1["macs"] = count_conv_linear_macs(l1["model"], shape)
+        net, tp_macs, tp_ratio = torch_pruning_at(base, args.size, l1["macs"])
         variants.append({"cut": cut, "method": "Torch-Pruning MetaPruner (L1, round_to 8)",
-                         "target": "macs", "scope": "layer", "model": net,
+                         "target": "macs", "scope": "layer", "model": net, "macs": tp_macs,
                          "tp_ratio": tp_ratio})  # fmt: skip
         if args.equal_macs:  # capl at the MACs Torch-Pruning realised (its bisection misses ours)
             spec = (1 - tp_macs / base_macs, "macs", args.scopes[0])
@@ -139,7 +139,8 @@ def prune_all(
             variants.append({"cut": cut, **entry, "method": "L1Norm at Torch-Pruning's MACs"})
     for v in variants:
         if "model" in v:
-            v["macs"] = count_conv_linear_macs(v["model"], shape)
+            if "macs" not in v:  # L1Norm's and Torch-Pruning's were counted above
+                v["macs"] = count_conv_linear_macs(v["model"], shape)
             v["off_widths"] = off_widths(v["model"])
     return variants
 
