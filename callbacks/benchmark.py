@@ -88,7 +88,8 @@ class BenchmarkCallback(Callback):
             rounds. ``deferred`` leaves both ``latency_ms`` blocks empty and keeps the model in
             :attr:`pending` (a :class:`~capl.benchmark.group.LatencyJob`) for ``capl-sweep``,
             which times the models of a group of points against their base in one interleaved
-            run and completes each benchmark.json.
+            run and completes each benchmark.json; the model's ONNX export and peak memory
+            are measured there too, once per architecture.
     """
 
     def __init__(
@@ -164,16 +165,18 @@ class BenchmarkCallback(Callback):
         datamodule = trainer.datamodule
         input_shape = self._input_shape(tuple(datamodule.input_shape))
         device = self.device or ("cuda" if trainer.strategy.root_device.type == "cuda" else "cpu")
-        nets = self._nets(module, _find_pruning_callback(trainer))
+        pruning = _find_pruning_callback(trainer)
+        nets = self._nets(module, pruning)
+        known = _known_accuracy(pruning, module, datamodule, device)
         deferred = self.latency == "deferred"
         key = None
         if self.base_cache is not None or deferred:
             options = {"exporter": self.exporter, **self._timing(device)}
             key = base_key(nets["before"], datamodule, input_shape, options)
         with tempfile.TemporaryDirectory(prefix="capl-onnx-") as tmp:
-            # a deferred run keeps its ONNX files next to benchmark.json until they are timed
+            # a deferred run keeps an uncached base export next to benchmark.json until timed
             workdir = output.parent if deferred else Path(tmp)
-            blocks, onnx = self._measure(nets, datamodule, input_shape, device, workdir, key)
+            blocks, onnx = self._measure(nets, datamodule, input_shape, device, workdir, key, known)
             if not deferred:
                 # both models timed together, interleaved, so the speed-up is not machine noise
                 models = [net for net, _ in nets.values()]
@@ -223,11 +226,16 @@ class BenchmarkCallback(Callback):
         device: str,
         workdir: Path,
         key: str | None,
+        known: dict[str, Any] | None = None,
     ) -> tuple[dict[str, dict[str, Any]], list[str | None]]:
-        """Each model's block but latency (the base's from ``base_cache``), and its ONNX file."""
+        """Each model's block but latency (the base's from ``base_cache``), and its ONNX file.
+
+        ``known``: the model under test's accuracy, already measured (a prune-only run).
+        """
 
         def measure(name: str, folder: Path) -> dict[str, Any]:
-            return self._block(nets[name], datamodule, input_shape, device, folder, name)
+            accuracy = known if name == "after" else None
+            return self._block(nets[name], datamodule, input_shape, device, folder, name, accuracy)
 
         if self.base_cache is None:
             before = measure("before", workdir)
@@ -249,15 +257,18 @@ class BenchmarkCallback(Callback):
         device: str,
         workdir: Path,
         name: str,
+        accuracy: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Accuracy on the selected classes and the profile (no latency) of one model."""
+        """Accuracy on the selected classes (unless given) and the profile (no latency)."""
         net, head = net_head
         rows = target_rows(head, datamodule.class_indices)
         net.to(device)
         try:
-            loader = datamodule.test_dataloader()
+            if accuracy is None:
+                loader = datamodule.test_dataloader()
+                accuracy = evaluate_subset(net, loader, rows, datamodule.class_names)
             block = {
-                **evaluate_subset(net, loader, rows, datamodule.class_names),
+                **accuracy,
                 **self._profile(net, input_shape, device, workdir, name),
             }
         finally:
@@ -329,8 +340,9 @@ class BenchmarkCallback(Callback):
     ) -> LatencyJob:
         """This run's deferred latency, completed by :func:`capl.benchmark.group.time_jobs`."""
         assert self.result is not None
-        # the cached base export is shared; a run's own exports go once timed
-        own = onnx[1:] if self.base_cache is not None else onnx
+        # the cached base export is shared; an uncached one goes once timed (the group run
+        # exports the model under test itself)
+        own = [] if self.base_cache is not None else onnx[:1]
         finish = functools.partial(
             complete,
             copy.deepcopy(self.result),
@@ -344,10 +356,10 @@ class BenchmarkCallback(Callback):
             base=nets["before"][0],
             base_onnx=onnx[0],
             model=nets["after"][0],
-            onnx=onnx[1],
             timing={"input_shape": list(input_shape), **self._timing(device)},
             finish=finish,
             name=self.run_name or str(output.parent),
+            exporter=self.exporter,
         )
 
     def _ort_threads(self) -> int:
@@ -369,6 +381,8 @@ class BenchmarkCallback(Callback):
             min_time_s=self.min_time_s,
             exporter=self.exporter,
             latency=False,
+            # a deferred model's export and memory are measured once per architecture
+            shapes=not (self.latency == "deferred" and name == "after"),
             name=name,  # "before" / "after": the ONNX file and the progress line
         )
 
@@ -412,6 +426,16 @@ def accuracy_stages(
     """
     recorded = None if module.pruning_plan is None else module.accuracy_stages
     return record_stages(before, after, recorded, retrained=module.retrain_epochs > 0)
+
+
+def _known_accuracy(
+    pruning: PruningCallback | None, module: ImageClassifier, datamodule: Any, device: str
+) -> dict[str, Any] | None:
+    """The model under test's accuracy if the PruningCallback measured this very network."""
+    if pruning is None or module.network is None or module.head_classes is None:
+        return None
+    rows = target_rows(list(module.head_classes), datamodule.class_indices)
+    return pruning.known_accuracy(module.network, rows, datamodule, device)
 
 
 def _find_pruning_callback(trainer: Trainer) -> PruningCallback | None:

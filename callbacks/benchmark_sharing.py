@@ -3,7 +3,9 @@
 ``base_cache``: the base model's block (all but latency) is measured by the first run with a
 given key and read by the others (:class:`capl.benchmark.base_cache.BaseCache`).
 ``latency: deferred``: the run leaves a :class:`capl.benchmark.group.LatencyJob`, and
-:func:`complete` later puts the interleaved group timing into its ``benchmark.json``.
+:func:`complete` later puts the group run's measurements (the interleaved timing, and the
+model's ONNX export and peak memory, measured once per architecture) into its
+``benchmark.json``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 
 from capl.benchmark import format_table
 from capl.benchmark.base_cache import BaseCache, base_fingerprint
-from capl.benchmark.group import Latency
+from capl.benchmark.group import Latency, Shapes
 from capl.benchmark.record import realised
 from capl.benchmark.tensorboard import log_benchmark
 from capl.io import write_json_atomic
@@ -118,23 +120,30 @@ def complete(
     files: list[Path],
     before_latency: Latency,
     after_latency: Latency,
+    after_shapes: Shapes,
 ) -> dict[str, Any]:
-    """Put a deferred run's latencies into its record, rewrite benchmark.json and log it.
+    """Put a deferred run's group measurements into its record, rewrite benchmark.json, log it.
 
     Args:
-        record: The run's record (latency blocks empty).
+        record: The run's record (latency blocks empty, the model's ONNX and memory not yet
+            measured).
         output: Its ``benchmark.json``.
         plan: The pruning plan (a latency-table prediction is compared with the measurement).
         loggers: The run's Lightning loggers.
         files: The run's own ONNX files, removed once timed.
         before_latency: The base model's ``latency_ms`` from the group run.
         after_latency: The model's ``latency_ms`` from the same run.
+        after_shapes: The model's ONNX export and peak memory
+            (:func:`capl.benchmark.shape_profile`), measured by the group run.
 
     Returns:
         The completed record.
     """
+    after = record["after"]
+    after.update({key: value for key, value in after_shapes.items() if key != "errors"})
+    after["errors"] = {**(after.get("errors") or {}), **after_shapes.get("errors", {})}
     record["before"]["latency_ms"] = before_latency
-    record["after"]["latency_ms"] = after_latency
+    after["latency_ms"] = after_latency
     record["realised"] = realised(record["before"], record["after"])
     record["latency_prediction"] = latency_prediction(plan, record["before"], record["after"])
     path = write_json_atomic(output, record)

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
+from capl.benchmark.base_cache import weights_hash
 from capl.criteria import Criterion
 from capl.errors import ConfigError
 from capl.evaluation import evaluate_subset
@@ -140,6 +141,7 @@ class PruningCallback(Callback):
         self.checkpoint_plan: tuple[str, dict[str, Any]] | None = None
         self._fit_started: float | None = None
         self._retrained_before = 0.0
+        self._last_evaluation: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -238,14 +240,44 @@ class PruningCallback(Callback):
             loader = datamodule.test_dataloader()
             return evaluate_subset(network, loader, module.rows, datamodule.class_names)
 
-        stages: dict[str, Any] = {"pruned": evaluate()}
+        last = evaluate()
+        stages: dict[str, Any] = {"pruned": last}
         if self.bn_recalibration:
             used = recalibrate_batchnorm(
                 network, datamodule.train_dataloader(), self.bn_recalibration
             )
-            stages["bn_recalibrated"] = {**evaluate(), "batches": used}
+            last = evaluate()
+            stages["bn_recalibrated"] = {**last, "batches": used}
             rank_zero_info(f"capl: BatchNorm statistics re-estimated on {used} training batches")
+        device = next(network.parameters()).device
+        signature = _evaluated(network, module.rows, datamodule, device)
+        self._last_evaluation = (signature, copy.deepcopy(last))
         return stages
+
+    def known_accuracy(
+        self,
+        network: nn.Module,
+        rows: list[int],
+        datamodule: SubsetData,
+        device: str | torch.device,
+    ) -> dict[str, Any] | None:
+        """The last stage's test accuracy, if ``network`` is what was evaluated then.
+
+        The benchmark evaluates the model under test on the same k-way task; after a prune-only
+        run that is the network measured right after removal (or after the recalibration).
+        Equal weights (a hash of the state dict), logit rows, DataModule and device give the
+        same result, so it is not measured twice; anything else (retrained or restored weights)
+        returns ``None``.
+
+        Returns:
+            A copy of :func:`capl.evaluation.evaluate_subset`'s result, or ``None``.
+        """
+        if self._last_evaluation is None:
+            return None
+        signature, result = self._last_evaluation
+        if _evaluated(network, rows, datamodule, torch.device(device)) != signature:
+            return None
+        return copy.deepcopy(result)
 
     def _latency_table(self, network: nn.Module, example: Tensor) -> LatencyTable | None:
         if self.latency is None:
@@ -331,3 +363,10 @@ class PruningCallback(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         assert isinstance(pl_module, ImageClassifier) and pl_module.network is not None
         make_masks_permanent(pl_module.network)
+
+
+def _evaluated(
+    network: nn.Module, rows: list[int], datamodule: SubsetData, device: torch.device
+) -> tuple[Any, ...]:
+    """What decides an evaluation: weights, logit rows, DataModule object and device type."""
+    return (weights_hash(network), tuple(rows), id(datamodule), device.type)

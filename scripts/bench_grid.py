@@ -14,12 +14,17 @@ and round. Each mode adds one step to the one before:
 - ``frozen``: shared, and the heap frozen while the points run
   (:func:`capl.sweep.points.long_lived_objects_frozen`), so that each point's closing
   ``gc.collect()`` walks only what the points allocated;
-- ``defaults``: frozen, and models of one architecture timed once
-  (:func:`capl.benchmark.group.architecture_key`): capl's defaults.
+- ``timed-once``: frozen, and models of one architecture timed once
+  (:func:`capl.benchmark.group.architecture_key`), but each model still exported and measured
+  for peak memory, and each model under test evaluated again by the benchmark;
+- ``defaults``: also the ONNX export and peak memory measured once per architecture
+  (:func:`capl.benchmark.shape_profile` in the group run) and a prune-only point's accuracy
+  taken from the PruningCallback (``known_accuracy``): capl's defaults.
 
 The modes before the defaults are made by patching the later steps out in this process
 (``long_lived_objects_frozen`` by a no-op, ``capl.benchmark.group._timed_once`` by one entry
-per job).
+per job, ``capl.benchmark.group._shape_blocks`` measuring every job,
+``PruningCallback.known_accuracy`` by ``None``). ``--modes`` runs a subset.
 
 Each figure is the wall time of ``run_sweep`` (points, group timing, results.csv and report;
 no plots). The base model is trained once beforehand, as the demo sweep trains it (its epochs
@@ -49,6 +54,7 @@ from unittest import mock
 import yaml
 
 from capl.benchmark import environment_info, group
+from capl.callbacks import PruningCallback
 from capl.sweep import runner
 from capl.sweep.base import base_checkpoint
 from capl.sweep.grid import parse_sweep_config
@@ -65,16 +71,32 @@ class Mode:
     benchmark: dict[str, Any]
     frozen: bool = True
     by_architecture: bool = True
+    shapes_once: bool = True
+    accuracy_reused: bool = True
 
 
+EVERY_STEP = {"shapes_once": False, "accuracy_reused": False}
 MODES = {
     "per-point": Mode(
-        {"latency": "paired", "base_cache": None}, frozen=False, by_architecture=False
+        {"latency": "paired", "base_cache": None},
+        frozen=False,
+        by_architecture=False,
+        **EVERY_STEP,
     ),
-    "shared": Mode({}, frozen=False, by_architecture=False),
-    "frozen": Mode({}, by_architecture=False),
+    "shared": Mode({}, frozen=False, by_architecture=False, **EVERY_STEP),
+    "frozen": Mode({}, by_architecture=False, **EVERY_STEP),
+    "timed-once": Mode({}, **EVERY_STEP),
     "defaults": Mode({}),
 }
+
+
+def _every_shape(jobs: Any, indices: Any, input_shape: Any, folder: str) -> Any:
+    """Shape blocks measured for every job, as each point did before; the asked ones returned."""
+    blocks = SHAPE_BLOCKS(jobs, range(len(jobs)), input_shape, folder)
+    return {i: blocks[i] for i in indices}
+
+
+SHAPE_BLOCKS = group._shape_blocks
 ONE = [0.5]
 ELEVEN = [round(0.1 + 0.05 * i, 2) for i in range(11)]
 
@@ -108,6 +130,11 @@ def timed(config: Any, folder: Path, mode: Mode = MODES["defaults"]) -> float:
         if not mode.by_architecture:
             every_job = mock.patch.object(group, "_timed_once", lambda jobs: list(range(len(jobs))))
             patches.enter_context(every_job)
+        if not mode.shapes_once:
+            patches.enter_context(mock.patch.object(group, "_shape_blocks", _every_shape))
+        if not mode.accuracy_reused:
+            unknown = mock.patch.object(PruningCallback, "known_accuracy", lambda *a, **k: None)
+            patches.enter_context(unknown)
         start = time.perf_counter()
         run = run_sweep(config, folder, plots=False)
         seconds = time.perf_counter() - start
@@ -119,7 +146,8 @@ def timed(config: Any, folder: Path, mode: Mode = MODES["defaults"]) -> float:
 
 def summarise(seconds: dict[str, dict[int, list[float]]], base_s: float) -> dict[str, Any]:
     """Print and return the medians: grid-only 11/1 and whole-command (base + grid) 11/1."""
-    print(f"\nmedians over {len(seconds['defaults'][1])} rounds; base training {base_s:.1f} s")
+    rounds = len(next(iter(seconds.values()))[1])
+    print(f"\nmedians over {rounds} rounds; base training {base_s:.1f} s")
     print(
         f"{'mode':9s}  {'1 ratio s':>10s}  {'11 ratios s':>11s}  {'grid 11/1':>9s}  "
         f"{'command 11/1':>12s}"
@@ -149,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--output", type=Path, default=None, help="JSON with every figure")
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed first grid")
+    parser.add_argument(
+        "--modes", nargs="+", choices=list(MODES), default=list(MODES), help="default: all"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="capl-grid-cost-"))
@@ -161,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"base training (paid once per sweep command): {base_s:.1f} s", flush=True)
     if not args.no_warmup:  # imports, first exports and allocator growth are not the grid's
         timed(demo_sweep(ONE, "shared", base, 0), work / "warmup")
-    seconds: dict[str, dict[int, list[float]]] = {m: {1: [], 11: []} for m in MODES}
+    modes = [m for m in MODES if m in args.modes]
+    seconds: dict[str, dict[int, list[float]]] = {m: {1: [], 11: []} for m in modes}
     for r in range(args.rounds):
-        order = list(MODES) if r % 2 == 0 else list(reversed(MODES))
+        order = modes if r % 2 == 0 else list(reversed(modes))
         for mode in order:
             for ratios in (ONE, ELEVEN):
                 folder = work / f"r{r}-{mode}-{len(ratios)}"

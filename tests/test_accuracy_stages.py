@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -96,6 +97,42 @@ def test_prune_only_stages_match_independent_evaluation(digits_base: Path, tmp_p
     assert result["after"]["accuracy"] == pytest.approx(recal_acc["accuracy"])
     # L1Norm at half the MACs wrecks the uncalibrated statistics; recalibration repairs them
     assert stages["bn_recalibrated"]["accuracy"] > stages["pruned"]["accuracy"]
+
+
+def test_prune_only_benchmark_reuses_the_last_stage_evaluation(
+    digits_base: Path, tmp_path: Path
+) -> None:
+    import capl.callbacks.benchmark as bench_module
+    from capl.callbacks import PruningCallback
+
+    with mock.patch.object(
+        bench_module, "evaluate_subset", wraps=bench_module.evaluate_subset
+    ) as measured:
+        cli = main(
+            [
+                "test",
+                *base_args(digits_base),
+                *pruning_args("L1Norm", ratio=0.5),
+                "--trainer.callbacks.bn_recalibration=2",
+                *FAST_BENCH,
+            ]
+            + quiet_trainer(tmp_path, "reuse")
+        )
+    assert measured.call_count == 1  # the base only: the pruned model was measured in setup
+    result = json.loads((run_dir(cli) / "benchmark.json").read_text())
+    recalibrated = dict(result["accuracy_stages"]["bn_recalibrated"])
+    assert recalibrated.pop("batches") == 2
+    after = {key: result["after"][key] for key in recalibrated}
+    assert after == recalibrated
+
+    pruning = next(cb for cb in cli.trainer.callbacks if isinstance(cb, PruningCallback))
+    network, data = cli.model.network, cli.datamodule
+    assert pruning.known_accuracy(network, [0, 1, 2], data, "cpu") == after
+    assert pruning.known_accuracy(network, [0, 2, 1], data, "cpu") is None  # other rows
+    assert pruning.known_accuracy(network, [0, 1, 2], _digits(), "cpu") is None  # other data
+    with torch.no_grad():
+        next(network.parameters()).view(-1)[0] += 1e-3  # one weight changed (retrained, loaded)
+    assert pruning.known_accuracy(network, [0, 1, 2], data, "cpu") is None
 
 
 def test_retrained_stages_and_epochs_through_a_checkpoint(

@@ -566,7 +566,7 @@ def test_profile_model_without_latency_exports_onnx_for_paired_timing(tmp_path) 
     ]
     for block, name in zip(blocks, ("base", "pruned")):
         assert block["errors"] == {}
-        assert block["latency_ms"] == {"onnxruntime": {}}  # exported, not timed
+        assert block["latency_ms"] == {}  # exported, not timed
         assert block["onnx"]["path"] == str(tmp_path / f"{name}.onnx")
     threads = torch.get_num_threads()
     latencies = paired_latency(
@@ -594,3 +594,32 @@ def test_profile_model_without_latency_exports_onnx_for_paired_timing(tmp_path) 
     )
     assert [set(block) for block in only_torch] == [{"torch"}, {"torch"}]
     json.dumps([blocks, latencies], allow_nan=False)
+
+
+def test_shape_profile_is_the_architecture_part_of_a_profile(tmp_path) -> None:
+    """Export and peak memory: the same with other weights, and left out by ``shapes=False``."""
+    from capl.benchmark import shape_profile
+
+    torch.manual_seed(0)
+    model, other_weights = tiny_bn(), tiny_bn()
+    options = {"batch_sizes": (1, 2), "exporter": "torchscript"}
+    blocks = [
+        shape_profile(net, (3, 16, 16), workdir=tmp_path / name, name=name, **options)
+        for net, name in ((model, "model"), (other_weights, "other"))
+    ]
+    full = profile_model(model, (3, 16, 16), latency=False, **options, **FAST)
+    for block in (*blocks, full):
+        assert block["errors"] == {}
+        assert block["peak_memory_batch_size"] == 2 and block["peak_memory_bytes"] > 0
+        assert block["onnx"]["bytes"] > 0
+    assert blocks[0]["onnx"]["path"] == str(tmp_path / "model" / "model.onnx")
+    assert (tmp_path / "other" / "other.onnx").is_file()
+    assert full["onnx"]["path"] is None  # no workdir: a temporary export
+    assert blocks[0]["onnx"]["bytes"] == blocks[1]["onnx"]["bytes"] == full["onnx"]["bytes"]
+    for batch in ("bs1", "bs2"):
+        peaks = [b["peak_memory"][batch]["activation_bytes"] for b in (*blocks, full)]
+        assert len(set(peaks)) == 1  # shapes, not weights, decide it
+    without = profile_model(model, (3, 16, 16), latency=False, shapes=False, **options, **FAST)
+    assert without["onnx"] is None and without["peak_memory"] == {}
+    assert without["peak_memory_bytes"] is None
+    assert without["macs"] == full["macs"] and without["size_bytes"] == full["size_bytes"]

@@ -11,11 +11,13 @@ import json
 import weakref
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
 from torch import nn
 
+import capl.benchmark.group as group
 import capl.callbacks.benchmark as benchmark_mod
 import capl.sweep.runner as runner_mod
 import capl.sweep.sharing as sharing_mod
@@ -68,7 +70,12 @@ def records(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count the BenchmarkCallback's model evaluations (base and pruned alike)."""
+    """Count the BenchmarkCallback's own model evaluations.
+
+    A prune-only point's model under test is the network the PruningCallback has just
+    evaluated, so the benchmark takes that accuracy (PruningCallback.known_accuracy) and only
+    the base is evaluated here.
+    """
     calls: list[int] = []
     real = benchmark_mod.evaluate_subset
 
@@ -86,7 +93,7 @@ def test_base_measured_once_and_points_timed_in_one_group(
     evaluations = counting(monkeypatch)
     run = run_sweep(sweep(digits_base, [0.3, 0.5, 0.7], [[3, 5, 8]]), tmp_path, plots=False)
     assert [r.status for r in run.ran] == ["ok"] * 3
-    assert len(evaluations) == 1 + 3  # the base once, each pruned model once
+    assert len(evaluations) == 1  # the base once (the pruned models: in PruningCallback)
     benches = list(records(tmp_path).values())
     entries = list((tmp_path / BASE_BENCH_DIR).glob(f"*/{BASE_BLOCK_FILE}"))
     assert len(entries) == 1 and (entries[0].parent / "before.onnx").is_file()
@@ -117,7 +124,7 @@ def test_paired_sweep_times_each_point_against_the_base(
     config = sweep(digits_base, [0.3, 0.5], [[3, 5, 8]], latency="paired", base_cache=None)
     run = run_sweep(config, tmp_path, plots=False)
     assert [r.status for r in run.ran] == ["ok"] * 2
-    assert len(evaluations) == 2 * 2  # the old behaviour: the base again for every point
+    assert len(evaluations) == 2  # the old behaviour: the base again for every point
     assert not (tmp_path / BASE_BENCH_DIR).exists()
     for bench in records(tmp_path).values():
         assert bench["after"]["latency_ms"]["torch"]["bs1"]["interleaved_models"] == 2
@@ -150,7 +157,7 @@ def test_interrupted_or_failed_group_run_leaves_points_to_rerun(
     rerun = run_sweep(config, tmp_path, plots=False)
     assert sorted(r.point_id for r in rerun.ran) == sorted(p.point_id for p in rerun.points)
     assert all(r.status == "ok" for r in rerun.ran)
-    assert len(evaluations) == 4  # both class subsets' base blocks came from the cache
+    assert evaluations == []  # both class subsets' base blocks came from the cache
     assert len(list((tmp_path / BASE_BENCH_DIR).glob(f"*/{BASE_BLOCK_FILE}"))) == 2
     benches = records(tmp_path)
     for bench in benches.values():
@@ -273,24 +280,31 @@ def test_models_of_one_architecture_are_timed_once() -> None:
     assert architecture_key(a) == architecture_key(same_as_a)  # other weights, same shapes
     assert not torch.equal(a[0].weight, same_as_a[0].weight)
     assert len({architecture_key(m) for m in (base, a, b)}) == 3  # width, stride
-    finished: dict[str, tuple[Any, Any]] = {}
     timing = {"input_shape": [3, 8, 8], "batch_sizes": [1, 2], "backends": ["torch"],
               "warmup": 0, "repeats": 2, "min_time_s": 0, "rounds": 2}  # fmt: skip
+    finished: dict[str, tuple[Any, Any, Any]] = {}
     jobs = [
         LatencyJob(key="k", base=base if i == 0 else None, base_onnx=None, model=model,
-                   onnx=None, timing=timing, name=name,
-                   finish=lambda before, after, name=name: finished.update({name: (before, after)}))
+                   timing=timing, name=name,
+                   finish=lambda *measured, name=name: finished.update({name: measured}))
         for i, (name, model) in enumerate([("a", a), ("same-as-a", same_as_a), ("b", b)])
     ]  # fmt: skip
-    time_jobs(jobs)
+    with mock.patch.object(group, "shape_profile", wraps=group.shape_profile) as shapes:
+        time_jobs(jobs)
+    assert [c.args[0] for c in shapes.call_args_list] == [a, b]  # memory measured once each
     for batch in ("bs1", "bs2"):
-        cells = {name: after["torch"][batch] for name, (_, after) in finished.items()}
+        cells = {name: after["torch"][batch] for name, (_, after, _) in finished.items()}
         assert all(cell["interleaved_models"] == 3 for cell in cells.values())  # base, a, b
         assert cells["same-as-a"].pop("same_architecture_as") == "a"
         assert cells["same-as-a"] == cells["a"]  # a's measurement, copied
         assert "same_architecture_as" not in cells["a"] and "same_architecture_as" not in cells["b"]
         assert cells["b"]["median_ms"] != cells["a"]["median_ms"]
+        memory = {name: block["peak_memory"][batch] for name, (_, _, block) in finished.items()}
+        assert memory["same-as-a"].pop("same_architecture_as") == "a"
+        assert memory["same-as-a"] == memory["a"] and "same_architecture_as" not in memory["a"]
+        assert memory["b"]["peak_bytes"] != memory["a"]["peak_bytes"]  # stride 2: other shapes
     assert finished["a"][0] == finished["b"][0]  # one base measurement for all
+    assert all(block["onnx"] is None for _, _, block in finished.values())  # torch only
 
 
 def test_criteria_with_equal_widths_share_one_timing_in_a_sweep(
@@ -321,3 +335,7 @@ def test_criteria_with_equal_widths_share_one_timing_in_a_sweep(
         assert [c["interleaved_models"] for c in cells] == [2, 2]  # the base and one model
         assert len([c for c in cells if "same_architecture_as" in c]) == 1
         assert cells[0]["median_ms"] == cells[1]["median_ms"]
+    exports = [bench["after"]["onnx"] for bench in (l1, rand)]  # one export, by the group run
+    assert len([e for e in exports if e.pop("same_architecture_as", None)]) == 1
+    assert exports[0] == exports[1] and exports[0]["path"] is None
+    assert l1["after"]["peak_memory"] and l1["after"]["peak_memory_bytes"] > 0

@@ -8,9 +8,10 @@ the base's timing once per point; instead each point leaves a :class:`LatencyJob
 every other round), so every speed-up is still a ratio of medians measured side by side under
 the same machine load, and the base is timed once per group instead of once per point.
 Jobs whose models have the same architecture (:func:`architecture_key`: module tree, layer
-settings, tensor shapes and dtypes) are timed once: latency depends on the shapes, not on the
-weights, and several ratios or criteria often end in the same widths (channel rounding,
-layer scope). Their cells carry ``same_architecture_as``, the name of the job actually timed.
+settings, tensor shapes and dtypes) are measured once: latency, the ONNX export and peak
+memory depend on the shapes, not on the weights (:func:`capl.benchmark.shape_profile`), and
+several ratios or criteria often end in the same widths (channel rounding, layer scope).
+Their cells carry ``same_architecture_as``, the name of the job actually measured.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import copy
 import hashlib
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from capl.benchmark.profile import paired_latency
+from capl.benchmark.onnx_export import Exporter
+from capl.benchmark.profile import paired_latency, shape_profile
 
 __all__ = ["LatencyJob", "architecture_key", "group_latency", "time_jobs"]
 
@@ -33,6 +36,9 @@ log = logging.getLogger(__name__)
 
 Latency = dict[str, dict[str, Any]]
 """A model's ``latency_ms`` block: ``{backend: {"bs<N>": summary}}``."""
+
+Shapes = dict[str, Any]
+"""A model's :func:`~capl.benchmark.shape_profile` block: ONNX export, peak memory, errors."""
 
 
 @dataclass
@@ -43,22 +49,23 @@ class LatencyJob:
         key: Jobs with equal keys share the base model and every timing setting.
         base: The base network (only the first job of a group needs it).
         base_onnx: The base model's ONNX file, or ``None`` (no ONNX Runtime timing).
-        model: The model under test.
-        onnx: Its ONNX file, or ``None`` (its ONNX Runtime cells stay empty).
+        model: The model under test; exported to ONNX by the group run.
         timing: :func:`paired_latency` options (``input_shape``, ``batch_sizes``, ``backends``,
             ``device``, ``ort_threads``, ``warmup``, ``repeats``, ``min_time_s``, ``rounds``).
-        finish: Called with the base's and the model's ``latency_ms`` blocks once timed.
+        finish: Called once measured with the base's ``latency_ms`` block, the model's, and
+            the model's :func:`~capl.benchmark.shape_profile` block (its ONNX file is gone).
         name: For log lines.
+        exporter: ONNX exporter of the model (:func:`capl.benchmark.export_onnx`).
     """
 
     key: str
     base: nn.Module | None
     base_onnx: str | os.PathLike | None
     model: nn.Module
-    onnx: str | os.PathLike | None
     timing: dict[str, Any]
-    finish: Callable[[Latency, Latency], Any]
+    finish: Callable[[Latency, Latency, Shapes], Any]
     name: str = "model"
+    exporter: Exporter = "auto"
 
 
 def group_latency(
@@ -116,28 +123,51 @@ def architecture_key(model: nn.Module) -> str:
 
 
 def _timed_once(jobs: Sequence[LatencyJob]) -> list[int]:
-    """For each job, the index of the first job with the same architecture and ONNX presence."""
-    first: dict[tuple[str, bool], int] = {}
-    return [
-        first.setdefault((architecture_key(job.model), job.onnx is None), i)
-        for i, job in enumerate(jobs)
-    ]
+    """For each job, the index of the first job with the same architecture."""
+    first: dict[str, int] = {}
+    return [first.setdefault(architecture_key(job.model), i) for i, job in enumerate(jobs)]
 
 
-def _same_as(latency: Latency, name: str) -> Latency:
-    """A copy of another job's cells, each saying whose model was timed."""
-    cells = copy.deepcopy(latency)
+def _same_as(latency: Latency, shapes: Shapes, name: str) -> tuple[Latency, Shapes]:
+    """Copies of another job's cells and shape block, each entry saying whose model it was."""
+    cells, shapes = copy.deepcopy(latency), copy.deepcopy(shapes)
     for by_batch in cells.values():
         for cell in by_batch.values():
             cell["same_architecture_as"] = name
-    return cells
+    for entry in [shapes["onnx"] or {}, *shapes["peak_memory"].values()]:
+        if entry:
+            entry["same_architecture_as"] = name
+    return cells, shapes
+
+
+def _shape_blocks(
+    jobs: Sequence[LatencyJob], indices: Sequence[int], input_shape: tuple[int, ...], folder: str
+) -> dict[int, Shapes]:
+    """Each listed job's shape block, its model exported to ``folder`` when ONNX Runtime runs."""
+    timing = jobs[0].timing
+    backends = list(timing.get("backends", ("torch", "onnxruntime")))
+    if jobs[0].base_onnx is None:  # no base file: nothing to compare an ONNX Runtime time with
+        backends = [b for b in backends if b != "onnxruntime"]
+    return {
+        i: shape_profile(
+            jobs[i].model,
+            input_shape,
+            batch_sizes=timing["batch_sizes"],
+            backends=backends,
+            device=timing.get("device", "cpu"),
+            workdir=folder,
+            name=f"model{i}",
+            exporter=jobs[i].exporter,
+        )
+        for i in indices
+    }
 
 
 def time_jobs(jobs: Sequence[LatencyJob]) -> None:
-    """Time the jobs' models and their base in one interleaved run; hand each job its cells.
+    """Measure the jobs' models against their base in one interleaved run; finish each job.
 
-    Models of the same architecture are timed once (the first of them); the others get copies
-    of its cells marked ``same_architecture_as``.
+    Models of the same architecture are measured once (the first of them: ONNX export, peak
+    memory, latency); the others get copies marked ``same_architecture_as``.
 
     Raises:
         ValueError: The jobs do not share one key, or the first has no base model.
@@ -160,14 +190,21 @@ def time_jobs(jobs: Sequence[LatencyJob]) -> None:
         len(distinct),
         ", ".join(job.name for job in jobs),
     )
-    latencies = group_latency(
-        [first.base, *(jobs[i].model for i in distinct)],
-        [first.base_onnx, *(jobs[i].onnx for i in distinct)],
-        input_shape,
-        **timing,
-    )
+    with tempfile.TemporaryDirectory(prefix="capl-group-") as folder:
+        shapes = _shape_blocks(jobs, distinct, input_shape, folder)
+        latencies = group_latency(
+            [first.base, *(jobs[i].model for i in distinct)],
+            [first.base_onnx, *((shapes[i]["onnx"] or {}).get("path") for i in distinct)],
+            input_shape,
+            **timing,
+        )
+    for block in shapes.values():
+        if block["onnx"]:
+            block["onnx"]["path"] = None  # the group's temporary file
     measured = dict(zip(distinct, latencies[1:]))
     for i, job in enumerate(jobs):
         rep = timed_as[i]
-        latency = measured[rep] if rep == i else _same_as(measured[rep], jobs[rep].name)
-        job.finish(latencies[0], latency)
+        if rep == i:
+            job.finish(latencies[0], measured[i], shapes[i])
+        else:
+            job.finish(latencies[0], *_same_as(measured[rep], shapes[rep], jobs[rep].name))

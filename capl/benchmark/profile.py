@@ -1,18 +1,20 @@
 """Profiling of whole models: one model's benchmark block, paired latencies, comparisons.
 
 :func:`profile_model` measures one model (MACs, parameters, sizes, latency per backend and
-batch size, peak memory); :func:`paired_latency` times several models in alternating rounds
+batch size, peak memory), :func:`shape_profile` only its parts that depend on the architecture
+alone (ONNX export, peak memory); :func:`paired_latency` times several models in alternating rounds
 so that their speed-ups share the machine's conditions; :func:`compare_models` relates a base
 and a pruned model (``realised`` comes from :mod:`capl.benchmark.record`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,33 +127,83 @@ def _per_batch(
     return out
 
 
-def _onnx_block(
+@contextlib.contextmanager
+def _export_folder(workdir: str | os.PathLike | None) -> Iterator[Path]:
+    """``workdir``, or a temporary folder removed afterwards."""
+    if workdir is not None:
+        yield Path(workdir)
+        return
+    with tempfile.TemporaryDirectory(prefix="capl-onnx-") as tmp:
+        yield Path(tmp)
+
+
+def _shape_parts(
     block: dict[str, Any],
     model: nn.Module,
     shape: tuple[int, ...],
-    workdir: str | os.PathLike | None,
+    folder: Path,
     name: str,
-    exporter: Exporter,
     attempt: _Attempts,
-    batch_sizes: Sequence[int],
-    **timing: Any,
-) -> None:
-    """Export to ONNX into ``block["onnx"]`` and time ONNX Runtime over ``batch_sizes``."""
-    with tempfile.TemporaryDirectory(prefix="capl-onnx-") as tmp:
-        onnx_path = Path(workdir if workdir is not None else tmp) / f"{name}.onnx"
+    options: dict[str, Any],
+) -> Path | None:
+    """Fill ``onnx`` (exported to ``folder/<name>.onnx``) and ``peak_memory``; the ONNX file.
+
+    ``options``: ``batch_sizes``, ``backends``, ``device``, ``exporter``, ``seed``, ``memory``.
+    """
+    onnx_path = None
+    if "onnxruntime" in options["backends"]:
+        path = folder / f"{name}.onnx"
         info = attempt(
-            "onnx_export", export_onnx, model, onnx_path, shape, dynamic_batch=True,
-            exporter=exporter,
+            "onnx_export", export_onnx, model, path, shape, dynamic_batch=True,
+            exporter=options["exporter"],
         )  # fmt: skip
-        if info is None:
-            return
-        if workdir is None:
-            info["path"] = None  # the temporary file is gone after this block
-        block["onnx"] = info
-        block["latency_ms"]["onnxruntime"] = _per_batch(
-            attempt, "latency.onnxruntime", batch_sizes, measure_latency_onnxruntime,
-            onnx_path, shape, **timing,
+        if info is not None:
+            block["onnx"], onnx_path = info, path
+    if options["memory"]:
+        block["peak_memory"] = _per_batch(
+            attempt, "peak_memory", options["batch_sizes"], peak_memory, model, shape,
+            device=options["device"], seed=options["seed"],
         )  # fmt: skip
+    return onnx_path
+
+
+def shape_profile(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch_sizes: Sequence[int] = (1, 32),
+    backends: Sequence[str] = BACKENDS,
+    device: str | torch.device = "cpu",
+    workdir: str | os.PathLike | None = None,
+    name: str = "model",
+    exporter: Exporter = "auto",
+    seed: int = 0,
+    memory: bool = True,
+) -> dict[str, Any]:
+    """The part of :func:`profile_model` that depends on the architecture only.
+
+    The ONNX export (when ``onnxruntime`` is a backend) and the peak memory per batch size
+    depend on the network's shapes, not on its weights' values, so a group of pruned models of
+    one architecture measures them once (:func:`capl.benchmark.group.time_jobs`). Arguments
+    are those of :func:`profile_model`.
+
+    Returns:
+        ``{"onnx", "peak_memory", "peak_memory_bytes", "peak_memory_method",
+        "peak_memory_batch_size", "errors"}``; ``onnx["path"]`` is ``<workdir>/<name>.onnx``
+        (``None`` without ``workdir``: the temporary file is gone).
+    """
+    _validate(batch_sizes, backends, exporter)
+    shape = tuple(int(d) for d in input_shape)
+    attempt = _Attempts(name)
+    block: dict[str, Any] = {"onnx": None, "peak_memory": {}}
+    options = {"batch_sizes": batch_sizes, "backends": backends, "device": device,
+               "exporter": exporter, "seed": seed, "memory": memory}  # fmt: skip
+    with _export_folder(workdir) as folder:
+        _shape_parts(block, model, shape, folder, name, attempt, options)
+    if workdir is None and block["onnx"]:
+        block["onnx"]["path"] = None
+    _memory_headline(block, batch_sizes)
+    block["errors"] = attempt.errors
+    return block
 
 
 def _memory_headline(block: dict[str, Any], batch_sizes: Sequence[int]) -> None:
@@ -180,6 +232,7 @@ def profile_model(
     sparse_size: bool | None = None,
     exporter: Exporter = "auto",
     latency: bool = True,
+    shapes: bool = True,
 ) -> dict[str, Any]:
     """Everything capl measures about one model except accuracy.
 
@@ -210,6 +263,9 @@ def profile_model(
         exporter: ONNX exporter, see :func:`capl.benchmark.export_onnx`.
         latency: Time the model here; ``False`` leaves ``latency_ms`` empty (the ONNX file is
             still exported) so that :func:`paired_latency` can time models side by side.
+        shapes: Measure the parts that depend on the architecture only (ONNX export, peak
+            memory: :func:`shape_profile`); ``False`` leaves ``onnx`` ``None`` and
+            ``peak_memory`` empty for a latency group to measure once per architecture.
 
     Returns:
         ``{"input_shape", "masked", "macs", "conv_linear_macs", "params", "nonzero_params",
@@ -223,8 +279,8 @@ def profile_model(
     _validate(batch_sizes, backends, exporter)
     start = time.perf_counter()
     shape = tuple(int(d) for d in input_shape)
-    steps = ["MACs", "size"] + (["ONNX export"] if "onnxruntime" in backends else [])
-    steps += (["latency"] if latency else []) + (["peak memory"] if memory else [])
+    steps = ["MACs", "size"] + (["ONNX export"] if "onnxruntime" in backends and shapes else [])
+    steps += (["latency"] if latency else []) + (["peak memory"] if memory and shapes else [])
     logger.info("profiling %s: %s", name, ", ".join(steps))
     attempt = _Attempts(name)
     block = _counts(model, shape, sparse_size, attempt)
@@ -234,17 +290,20 @@ def profile_model(
             attempt, "latency.torch", batch_sizes, measure_latency_torch, model, shape,
             device=device, threads=torch_threads, **timing,
         )  # fmt: skip
-    if "onnxruntime" in backends:
-        threads = _ort_threads(ort_threads, torch_threads)
-        _onnx_block(
-            block, model, shape, workdir, name, exporter, attempt,
-            batch_sizes if latency else (), threads=threads, device=device, **timing,
-        )  # fmt: skip
-    if memory:
-        block["peak_memory"] = _per_batch(
-            attempt, "peak_memory", batch_sizes, peak_memory, model, shape, device=device,
-            seed=seed,
-        )  # fmt: skip
+    options = {"batch_sizes": batch_sizes, "backends": backends, "device": device,
+               "exporter": exporter, "seed": seed, "memory": memory}  # fmt: skip
+    with _export_folder(workdir if shapes else None) as folder:
+        onnx_path = None
+        if shapes:
+            onnx_path = _shape_parts(block, model, shape, folder, name, attempt, options)
+        if onnx_path is not None and latency:
+            block["latency_ms"]["onnxruntime"] = _per_batch(
+                attempt, "latency.onnxruntime", batch_sizes, measure_latency_onnxruntime,
+                onnx_path, shape, threads=_ort_threads(ort_threads, torch_threads),
+                device=device, **timing,
+            )  # fmt: skip
+    if workdir is None and block["onnx"]:
+        block["onnx"]["path"] = None  # the temporary file is gone after this block
     _memory_headline(block, batch_sizes)
     block["layers"] = layer_report(model)
     block["errors"] = attempt.errors

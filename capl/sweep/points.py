@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 BASE_BENCH_DIR = "base_bench"
 """``OUTPUT/base_bench``: the base model's benchmark block, measured once for all points."""
-ONNX_FILES = ("before.onnx", "after.onnx")  # a deferred point's exports, until it is timed
+ONNX_FILES = ("before.onnx", "after.onnx")  # exports an interrupted deferred point may leave
 
 
 @dataclass
