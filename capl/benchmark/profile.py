@@ -1,9 +1,9 @@
 """Profiling of whole models: one model's benchmark block, paired latencies, comparisons.
 
 :func:`profile_model` measures one model (MACs, parameters, sizes, latency per backend and
-batch size, peak memory), :func:`shape_profile` only its parts that depend on the architecture
-alone (ONNX export, peak memory); :func:`paired_latency` times several models in alternating rounds
-so that their speed-ups share the machine's conditions; :func:`compare_models` relates a base
+batch size, peak memory), :func:`shape_profile` only the parts that depend on the architecture
+alone (ONNX export, peak memory); :func:`paired_latency` times several models in alternating
+rounds so that their speed-ups share the machine's conditions; :func:`compare_models` relates a base
 and a pruned model (``realised`` comes from :mod:`capl.benchmark.record`).
 """
 
@@ -292,16 +292,15 @@ def profile_model(
         )  # fmt: skip
     options = {"batch_sizes": batch_sizes, "backends": backends, "device": device,
                "exporter": exporter, "seed": seed, "memory": memory}  # fmt: skip
-    with _export_folder(workdir if shapes else None) as folder:
-        onnx_path = None
-        if shapes:
+    if shapes:
+        with _export_folder(workdir) as folder:
             onnx_path = _shape_parts(block, model, shape, folder, name, attempt, options)
-        if onnx_path is not None and latency:
-            block["latency_ms"]["onnxruntime"] = _per_batch(
-                attempt, "latency.onnxruntime", batch_sizes, measure_latency_onnxruntime,
-                onnx_path, shape, threads=_ort_threads(ort_threads, torch_threads),
-                device=device, **timing,
-            )  # fmt: skip
+            if onnx_path is not None and latency:  # timed while the file exists
+                block["latency_ms"]["onnxruntime"] = _per_batch(
+                    attempt, "latency.onnxruntime", batch_sizes, measure_latency_onnxruntime,
+                    onnx_path, shape, threads=_ort_threads(ort_threads, torch_threads),
+                    device=device, **timing,
+                )  # fmt: skip
     if workdir is None and block["onnx"]:
         block["onnx"]["path"] = None  # the temporary file is gone after this block
     _memory_headline(block, batch_sizes)
