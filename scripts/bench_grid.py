@@ -33,7 +33,12 @@ timed too, because a sweep command pays it once whatever the grid's size: the sc
 the grid-only ratio and the whole-command ratio (base training + grid). The order of the modes
 is reversed every other round; the ratios reported are medians over rounds.
 
+``--commands`` times whole ``capl-sweep`` commands instead, each a fresh process (imports,
+base, points, group run, report, plots), 1 and 11 ratios, with the trained base given and
+with the base trained by the command (:func:`whole_commands`).
+
 python scripts/bench_grid.py --rounds 2 --output /tmp/grid_cost.json
+python scripts/bench_grid.py --commands --rounds 3 --output /tmp/grid_commands.json
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import contextlib
 import json
 import logging
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -103,6 +109,11 @@ ELEVEN = [round(0.1 + 0.05 * i, 2) for i in range(11)]
 
 def demo_sweep(ratios: list[float], mode: str, base: str | None, epochs: int | None) -> Any:
     """The demo sweep cut to a prune-only grid of one criterion at ``ratios``."""
+    return parse_sweep_config(demo_raw(ratios, mode, base, epochs))
+
+
+def demo_raw(ratios: list[float], mode: str, base: str | None, epochs: int | None) -> Any:
+    """:func:`demo_sweep` as the YAML mapping."""
     raw = yaml.safe_load(DEMO.read_text())
     raw["name"] = f"grid-cost-{mode}-{len(ratios)}"
     raw["grid"].update(
@@ -117,7 +128,7 @@ def demo_sweep(ratios: list[float], mode: str, base: str | None, epochs: int | N
     elif epochs is not None:
         raw["base"]["train"]["max_epochs"] = epochs
         raw["base"]["train"]["lr_scheduler"]["init_args"]["T_max"] = epochs
-    return parse_sweep_config(raw)
+    return raw
 
 
 def timed(config: Any, folder: Path, mode: Mode = MODES["defaults"]) -> float:
@@ -170,6 +181,38 @@ def summarise(seconds: dict[str, dict[int, list[float]]], base_s: float) -> dict
     return summary
 
 
+def whole_commands(work: Path, base: str, rounds: int) -> dict[str, Any]:
+    """Wall time of whole ``capl-sweep`` commands, 1 and 11 ratios, each a fresh process.
+
+    What a user waits for: interpreter start-up and imports, the base (trained by the command,
+    or the trained ``base`` checkpoint given), the points, the group run, report and plots.
+    Alternating order, ``rounds`` rounds; ratios are medians of per-round ratios.
+    """
+    seconds: dict[str, dict[int, list[float]]] = {"checkpoint": {1: [], 11: []}}
+    seconds["train"] = {1: [], 11: []}
+    for r in range(rounds):
+        runs = [(kind, ratios) for kind in seconds for ratios in (ONE, ELEVEN)]
+        for kind, ratios in runs if r % 2 == 0 else list(reversed(runs)):
+            raw = demo_raw(ratios, "defaults", base if kind == "checkpoint" else None, None)
+            folder = work / f"command-{r}-{kind}-{len(ratios)}"
+            config = folder.with_suffix(".yaml")
+            config.write_text(yaml.safe_dump(raw))
+            start = time.perf_counter()
+            command = [sys.executable, "-c", "from capl.sweep.cli import sweep_main; sweep_main()"]
+            command += ["--config", str(config), "--output", str(folder)]
+            subprocess.run(command, check=True, capture_output=True)
+            spent = time.perf_counter() - start
+            seconds[kind][len(ratios)].append(spent)
+            print(f"round {r}: capl-sweep, base {kind:10s} {len(ratios):2d} ratios {spent:6.1f} s")
+    summary = {}
+    for kind, by_n in seconds.items():
+        ratio = statistics.median(b / a for a, b in zip(by_n[1], by_n[11]))
+        summary[kind] = {"seconds_1": by_n[1], "seconds_11": by_n[11], "ratio": ratio}
+        one, eleven = statistics.median(by_n[1]), statistics.median(by_n[11])
+        print(f"capl-sweep, base {kind}: {one:.1f} s / {eleven:.1f} s, 11/1 {ratio:.2f}")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
@@ -180,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--modes", nargs="+", choices=list(MODES), default=list(MODES), help="default: all"
     )
+    parser.add_argument(
+        "--commands", action="store_true",
+        help="time whole capl-sweep commands (fresh processes) instead of in-process modes",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="capl-grid-cost-"))
@@ -190,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     base = base_checkpoint(demo_sweep(ONE, "shared", None, args.base_epochs), work / "base")
     base_s = time.perf_counter() - start
     print(f"base training (paid once per sweep command): {base_s:.1f} s", flush=True)
+    if args.commands:
+        summary = whole_commands(work, base, args.rounds)
+        if args.output:
+            env = environment_info(ort_threads=None)
+            record = {"commands": summary, "environment": env}
+            args.output.write_text(json.dumps(record, indent=2))
+        return 0
     if not args.no_warmup:  # imports, first exports and allocator growth are not the grid's
         timed(demo_sweep(ONE, "shared", base, 0), work / "warmup")
     modes = [m for m in MODES if m in args.modes]
