@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import capl.benchmark.group as group
+import capl.benchmark.profile as profile_mod
 import capl.callbacks.benchmark as benchmark_mod
 import capl.sweep.runner as runner_mod
 import capl.sweep.sharing as sharing_mod
@@ -305,6 +306,42 @@ def test_models_of_one_architecture_are_timed_once() -> None:
         assert memory["b"]["peak_bytes"] != memory["a"]["peak_bytes"]  # stride 2: other shapes
     assert finished["a"][0] == finished["b"][0]  # one base measurement for all
     assert all(block["onnx"] is None for _, _, block in finished.values())  # torch only
+
+
+def test_group_run_exports_each_architecture_and_records_a_failed_export(tmp_path: Path) -> None:
+    from capl.benchmark import export_onnx
+
+    torch.manual_seed(0)
+    base, good, bad = _net(16), _net(8), _net(4)
+    base_onnx = tmp_path / "before.onnx"
+    export_onnx(base, base_onnx, (3, 8, 8), exporter="torchscript")
+    real_export = profile_mod.export_onnx
+
+    def export(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if model is bad:
+            raise RuntimeError("unsupported operator")
+        return real_export(model, *args, **kwargs)
+
+    finished: dict[str, tuple[Any, Any, Any]] = {}
+    timing = {"input_shape": [3, 8, 8], "batch_sizes": [1], "backends": ["torch", "onnxruntime"],
+              "warmup": 0, "repeats": 2, "min_time_s": 0, "rounds": 2}  # fmt: skip
+    jobs = [
+        LatencyJob(key="k", base=base if i == 0 else None, base_onnx=str(base_onnx), model=model,
+                   timing=timing, name=name, exporter="torchscript",
+                   finish=lambda *measured, name=name: finished.update({name: measured}))
+        for i, (name, model) in enumerate([("good", good), ("bad", bad)])
+    ]  # fmt: skip
+    with mock.patch.object(profile_mod, "export_onnx", export):
+        time_jobs(jobs)
+    _, good_cells, good_shapes = finished["good"]
+    _, bad_cells, bad_shapes = finished["bad"]
+    assert set(good_cells) == {"torch", "onnxruntime"} and set(bad_cells) == {"torch"}
+    assert good_cells["onnxruntime"]["bs1"]["interleaved_models"] == 2  # the base and good
+    assert good_shapes["onnx"]["bytes"] > 0 and good_shapes["onnx"]["path"] is None
+    assert good_shapes["errors"] == {}
+    assert bad_shapes["onnx"] is None
+    assert "unsupported operator" in bad_shapes["errors"]["onnx_export"]
+    assert bad_shapes["peak_memory"]["bs1"]["peak_bytes"] > 0  # memory measured all the same
 
 
 def test_criteria_with_equal_widths_share_one_timing_in_a_sweep(
