@@ -167,7 +167,7 @@ class BenchmarkCallback(Callback):
         device = self.device or ("cuda" if trainer.strategy.root_device.type == "cuda" else "cpu")
         pruning = _find_pruning_callback(trainer)
         nets = self._nets(module, pruning)
-        known = _known_accuracy(pruning, module, datamodule, device)
+        known = pruning.known_accuracy(module, datamodule, device) if pruning else None
         deferred = self.latency == "deferred"
         key = None
         if self.base_cache is not None or deferred:
@@ -230,7 +230,7 @@ class BenchmarkCallback(Callback):
     ) -> tuple[dict[str, dict[str, Any]], list[str | None]]:
         """Each model's block but latency (the base's from ``base_cache``), and its ONNX file.
 
-        ``known``: the model under test's accuracy, already measured (a prune-only run).
+        ``known``: the model under test's accuracy if already measured (a prune-only run).
         """
 
         def measure(name: str, folder: Path) -> dict[str, Any]:
@@ -426,16 +426,6 @@ def accuracy_stages(
     """
     recorded = None if module.pruning_plan is None else module.accuracy_stages
     return record_stages(before, after, recorded, retrained=module.retrain_epochs > 0)
-
-
-def _known_accuracy(
-    pruning: PruningCallback | None, module: ImageClassifier, datamodule: Any, device: str
-) -> dict[str, Any] | None:
-    """The model under test's accuracy if the PruningCallback measured this very network."""
-    if pruning is None or module.network is None or module.head_classes is None:
-        return None
-    rows = target_rows(list(module.head_classes), datamodule.class_indices)
-    return pruning.known_accuracy(module.network, rows, datamodule, device)
 
 
 def _find_pruning_callback(trainer: Trainer) -> PruningCallback | None:

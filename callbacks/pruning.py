@@ -255,13 +255,9 @@ class PruningCallback(Callback):
         return stages
 
     def known_accuracy(
-        self,
-        network: nn.Module,
-        rows: list[int],
-        datamodule: SubsetData,
-        device: str | torch.device,
+        self, module: ImageClassifier, datamodule: SubsetData, device: str | torch.device
     ) -> dict[str, Any] | None:
-        """The last stage's test accuracy, if ``network`` is what was evaluated then.
+        """The last stage's test accuracy, if ``module``'s network is what was evaluated then.
 
         The benchmark evaluates the model under test on the same k-way task; after a prune-only
         run that is the network measured right after removal (or after the recalibration).
@@ -272,12 +268,11 @@ class PruningCallback(Callback):
         Returns:
             A copy of :func:`capl.evaluation.evaluate_subset`'s result, or ``None``.
         """
-        if self._last_evaluation is None:
+        if self._last_evaluation is None or module.network is None or module.rows is None:
             return None
         signature, result = self._last_evaluation
-        if _evaluated(network, rows, datamodule, torch.device(device)) != signature:
-            return None
-        return copy.deepcopy(result)
+        now = _evaluated(module.network, module.rows, datamodule, torch.device(device))
+        return copy.deepcopy(result) if now == signature else None
 
     def _latency_table(self, network: nn.Module, example: Tensor) -> LatencyTable | None:
         if self.latency is None:

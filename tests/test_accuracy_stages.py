@@ -126,13 +126,16 @@ def test_prune_only_benchmark_reuses_the_last_stage_evaluation(
     assert after == recalibrated
 
     pruning = next(cb for cb in cli.trainer.callbacks if isinstance(cb, PruningCallback))
-    network, data = cli.model.network, cli.datamodule
-    assert pruning.known_accuracy(network, [0, 1, 2], data, "cpu") == after
-    assert pruning.known_accuracy(network, [0, 2, 1], data, "cpu") is None  # other rows
-    assert pruning.known_accuracy(network, [0, 1, 2], _digits(), "cpu") is None  # other data
+    module, data = cli.model, cli.datamodule
+    assert module.rows == [0, 1, 2]
+    assert pruning.known_accuracy(module, data, "cpu") == after
+    assert pruning.known_accuracy(module, _digits(), "cpu") is None  # other data
+    module.rows = [0, 2, 1]
+    assert pruning.known_accuracy(module, data, "cpu") is None  # other rows
+    module.rows = [0, 1, 2]
     with torch.no_grad():
-        next(network.parameters()).view(-1)[0] += 1e-3  # one weight changed (retrained, loaded)
-    assert pruning.known_accuracy(network, [0, 1, 2], data, "cpu") is None
+        next(module.network.parameters()).view(-1)[0] += 1e-3  # one weight changed
+    assert pruning.known_accuracy(module, data, "cpu") is None
 
 
 def test_retrained_stages_and_epochs_through_a_checkpoint(
