@@ -17,14 +17,18 @@ and round. Each mode adds one step to the one before:
 - ``timed-once``: frozen, and models of one architecture timed once
   (:func:`capl.benchmark.group.architecture_key`), but each model still exported and measured
   for peak memory, and each model under test evaluated again by the benchmark;
-- ``defaults``: also the ONNX export and peak memory measured once per architecture
+- ``four-parsers``: also the ONNX export and peak memory measured once per architecture
   (:func:`capl.benchmark.shape_profile` in the group run) and a prune-only point's accuracy
-  taken from the PruningCallback (``known_accuracy``): capl's defaults.
+  taken from the PruningCallback (``known_accuracy``), but each point's CLI still building
+  the parsers of all four LightningCLI subcommands (as before 2026-12-06's fourth session);
+- ``defaults``: also each point's CLI building the ``test`` parser only
+  (:meth:`capl.cli.CaplCLI.subcommands`): capl's defaults.
 
 The modes before the defaults are made by patching the later steps out in this process
 (``long_lived_objects_frozen`` by a no-op, ``capl.benchmark.group._timed_once`` by one entry
 per job, ``capl.benchmark.group._shape_blocks`` measuring every job,
-``PruningCallback.known_accuracy`` by ``None``). ``--modes`` runs a subset.
+``PruningCallback.known_accuracy`` by ``None``, ``CaplCLI.subcommands`` by LightningCLI's
+four). ``--modes`` runs a subset.
 
 Each figure is the wall time of ``run_sweep`` (points, group timing, results.csv and report;
 no plots). The base model is trained once beforehand, as the demo sweep trains it (its epochs
@@ -58,9 +62,11 @@ from typing import Any
 from unittest import mock
 
 import yaml
+from lightning.pytorch.cli import LightningCLI
 
 from capl.benchmark import environment_info, group
 from capl.callbacks import PruningCallback
+from capl.cli import CaplCLI
 from capl.sweep import runner
 from capl.sweep.base import base_checkpoint
 from capl.sweep.grid import parse_sweep_config
@@ -79,9 +85,10 @@ class Mode:
     by_architecture: bool = True
     shapes_once: bool = True
     accuracy_reused: bool = True
+    one_parser: bool = True
 
 
-EVERY_STEP = {"shapes_once": False, "accuracy_reused": False}
+EVERY_STEP = {"shapes_once": False, "accuracy_reused": False, "one_parser": False}
 MODES = {
     "per-point": Mode(
         {"latency": "paired", "base_cache": None},
@@ -92,6 +99,7 @@ MODES = {
     "shared": Mode({}, frozen=False, by_architecture=False, **EVERY_STEP),
     "frozen": Mode({}, by_architecture=False, **EVERY_STEP),
     "timed-once": Mode({}, **EVERY_STEP),
+    "four-parsers": Mode({}, one_parser=False),
     "defaults": Mode({}),
 }
 
@@ -146,6 +154,9 @@ def timed(config: Any, folder: Path, mode: Mode = MODES["defaults"]) -> float:
         if not mode.accuracy_reused:
             unknown = mock.patch.object(PruningCallback, "known_accuracy", lambda *a, **k: None)
             patches.enter_context(unknown)
+        if not mode.one_parser:
+            four = LightningCLI.subcommands()
+            patches.enter_context(mock.patch.object(CaplCLI, "subcommands", lambda self: four))
         start = time.perf_counter()
         run = run_sweep(config, folder, plots=False)
         seconds = time.perf_counter() - start

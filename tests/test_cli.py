@@ -5,12 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from capl.cli import main
+from capl.cli import CaplCLI, main
 from capl.datamodules import DigitsSubset
 from capl.errors import ConfigError
 from capl.evaluation import accuracy_from_confusion, confusion_matrix, target_rows
@@ -143,3 +144,26 @@ def test_module_rejects_class_missing_from_head() -> None:
     assert model.rows == [1, 0]
     logits = model.subset_logits(torch.zeros(2, 3, 8, 8))
     assert logits.shape == (2, 2)
+
+
+def test_only_the_requested_subcommand_parser_is_built(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    built: list[list[str]] = []
+    original = CaplCLI._add_subcommands
+
+    def record(cli: CaplCLI, parser: object, **kwargs: object) -> None:
+        original(cli, parser, **kwargs)
+        built.append(sorted(cli._subcommand_parsers))
+
+    with mock.patch.object(CaplCLI, "_add_subcommands", record):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["test", "--config", DEFAULT, "--data.classes", "[2, 7]", "--print_config"])
+        assert exit_info.value.code == 0
+        assert "- 2\n" in capsys.readouterr().out  # the test parser parsed the override
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--help"])
+        assert exit_info.value.code == 0
+    assert built == [["test"], ["fit", "predict", "test", "validate"]]
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("fit", "validate", "test", "predict"))
