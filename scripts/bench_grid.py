@@ -43,12 +43,14 @@ with the base trained by the command (:func:`whole_commands`).
 
 python scripts/bench_grid.py --rounds 2 --output /tmp/grid_cost.json
 python scripts/bench_grid.py --commands --rounds 3 --output /tmp/grid_commands.json
+python scripts/bench_grid.py --rounds 5 --modes four-parsers defaults --cli 10 --output /tmp/g.json
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import statistics
@@ -67,6 +69,7 @@ from lightning.pytorch.cli import LightningCLI
 from capl.benchmark import environment_info, group
 from capl.callbacks import PruningCallback
 from capl.cli import CaplCLI
+from capl.cli import main as capl_main
 from capl.sweep import runner
 from capl.sweep.base import base_checkpoint
 from capl.sweep.grid import parse_sweep_config
@@ -139,6 +142,12 @@ def demo_raw(ratios: list[float], mode: str, base: str | None, epochs: int | Non
     return raw
 
 
+def four_parsers() -> Any:
+    """A patch making every CLI build Lightning's four subcommand parsers, as before."""
+    every = LightningCLI.subcommands()
+    return mock.patch.object(CaplCLI, "subcommands", lambda self: every)
+
+
 def timed(config: Any, folder: Path, mode: Mode = MODES["defaults"]) -> float:
     """Seconds of one ``run_sweep``, with the sharing steps ``mode`` leaves out patched out."""
     with contextlib.ExitStack() as patches:
@@ -155,8 +164,7 @@ def timed(config: Any, folder: Path, mode: Mode = MODES["defaults"]) -> float:
             unknown = mock.patch.object(PruningCallback, "known_accuracy", lambda *a, **k: None)
             patches.enter_context(unknown)
         if not mode.one_parser:
-            four = LightningCLI.subcommands()
-            patches.enter_context(mock.patch.object(CaplCLI, "subcommands", lambda self: four))
+            patches.enter_context(four_parsers())
         start = time.perf_counter()
         run = run_sweep(config, folder, plots=False)
         seconds = time.perf_counter() - start
@@ -224,6 +232,31 @@ def whole_commands(work: Path, base: str, rounds: int) -> dict[str, Any]:
     return summary
 
 
+def cli_parse(point_config: Path, rounds: int) -> dict[str, Any]:
+    """Seconds of a point's ``capl test --config ... --print_config``: four parsers against one.
+
+    ``--print_config`` builds the parsers and parses the point's config, then exits before
+    anything is instantiated: the part of a point's CLI run that the one-parser step changes.
+    """
+    argv = ["test", "--config", str(point_config), "--print_config"]
+    seconds: dict[str, list[float]] = {"four-parsers": [], "defaults": []}
+    for r in range(rounds + 1):  # the first round warms caches and is not kept
+        for mode in seconds if r % 2 == 0 else list(reversed(seconds)):
+            with contextlib.ExitStack() as patches:
+                if mode == "four-parsers":
+                    patches.enter_context(four_parsers())
+                patches.enter_context(contextlib.redirect_stdout(io.StringIO()))
+                start = time.perf_counter()
+                with contextlib.suppress(SystemExit):
+                    capl_main(argv)
+                if r:
+                    seconds[mode].append(time.perf_counter() - start)
+    medians = {mode: statistics.median(times) for mode, times in seconds.items()}
+    for mode, median in medians.items():
+        print(f"capl test --print_config of a point, {mode}: {median:.3f} s (median)")
+    return {"seconds": seconds, "medians": medians}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
@@ -237,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--commands", action="store_true",
         help="time whole capl-sweep commands (fresh processes) instead of in-process modes",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cli", type=int, metavar="ROUNDS", default=0,
+        help="after the grids, time a point's CLI parse with four parsers and with one",
     )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -268,9 +305,14 @@ def main(argv: list[str] | None = None) -> int:
                 seconds[mode][len(ratios)].append(spent)
                 print(f"round {r}: {mode:9s} {len(ratios):2d} ratios {spent:7.1f} s", flush=True)
     summary = summarise(seconds, base_s)
+    parse = None
+    if args.cli:
+        config = next((work / f"r0-{modes[0]}-1" / "points").glob("*/config.yaml"))
+        parse = cli_parse(config, args.cli)
     if args.output:
         env = environment_info(ort_threads=None)
         record = {"base_training_s": base_s, "seconds": summary, "environment": env}
+        record |= {"cli_parse": parse} if parse else {}
         args.output.write_text(json.dumps(record, indent=2))
     return 0
 
