@@ -196,7 +196,8 @@ def main(args: Sequence[str] | None = None) -> CaplCLI | None:
         if config_error is not None:
             message = str(config_error)
         elif isinstance(err, argparse.ArgumentError):
-            subcommand = next((a for a in argv or sys.argv[1:] if not a.startswith("-")), None)
+            # a misspelt subcommand has no --help of its own: the hint then names capl --help
+            subcommand = _requested_subcommand(sys.argv[1:] if argv is None else argv)
             message = preflight.summarise_parse_error(str(err), subcommand)
         else:
             raise

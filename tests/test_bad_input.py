@@ -266,6 +266,12 @@ criteria = "L1Norm, LRP, Magnitude, OCAP"
 CASES: list[tuple[str, str, Build, list[str]]] = [
     # capl: configs and options
     (
+        "misspelt-subcommand",
+        CAPL,
+        lambda t, f: _capl(t, f, command="tset"),
+        ["invalid choice: 'tset'", "'test'", "see capl --help"],
+    ),
+    (
         "unknown-criterion",
         CAPL,
         lambda t, f: _capl(t, f, "--config", str(_pruning(t, criterion={"class_path": "Foo"}))),
