@@ -35,7 +35,10 @@ no plots). The base model is trained once beforehand, as the demo sweep trains i
 unless ``--base-epochs``), and given to every sweep as ``base.checkpoint``; that training is
 timed too, because a sweep command pays it once whatever the grid's size: the script reports
 the grid-only ratio and the whole-command ratio (base training + grid). The order of the modes
-is reversed every other round; the ratios reported are medians over rounds.
+is reversed every other round; the ratios reported are medians over rounds. Two figures are
+steadier against the machine's drift: each mode's 11-ratio time over the first mode's in the
+same round, and the median of a point's own run (``run_point``, its ``capl test`` without its
+share of the group timing).
 
 ``--commands`` times whole ``capl-sweep`` commands instead, each a fresh process (imports,
 base, points, group run, report, plots), 1 and 11 ratios, with the trained base given and
@@ -114,6 +117,7 @@ def _every_shape(jobs: Any, indices: Any, input_shape: Any, folder: str) -> Any:
 
 
 SHAPE_BLOCKS = group._shape_blocks
+RUN_POINT = runner.run_point
 ONE = [0.5]
 ELEVEN = [round(0.1 + 0.05 * i, 2) for i in range(11)]
 
@@ -148,9 +152,24 @@ def four_parsers() -> Any:
     return mock.patch.object(CaplCLI, "subcommands", lambda self: every)
 
 
-def timed(config: Any, folder: Path, mode: Mode = MODES["defaults"]) -> float:
-    """Seconds of one ``run_sweep``, with the sharing steps ``mode`` leaves out patched out."""
+def timed(config: Any, folder: Path, mode: Mode = MODES["defaults"]) -> tuple[float, list[float]]:
+    """Seconds of one ``run_sweep``, with the sharing steps ``mode`` leaves out patched out.
+
+    Returns:
+        The sweep's seconds and each point's own run (``run_point``: its ``capl test``, without
+        its share of the group timing run), which the group run's noise does not reach.
+    """
+    points: list[float] = []
+
+    def run_point(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return RUN_POINT(*args, **kwargs)
+        finally:
+            points.append(time.perf_counter() - start)
+
     with contextlib.ExitStack() as patches:
+        patches.enter_context(mock.patch.object(runner, "run_point", run_point))
         if not mode.frozen:
             patches.enter_context(
                 mock.patch.object(runner, "long_lived_objects_frozen", contextlib.nullcontext)
@@ -171,7 +190,7 @@ def timed(config: Any, folder: Path, mode: Mode = MODES["defaults"]) -> float:
     failed = [r.point_id for r in run.failed]
     if failed:
         raise SystemExit(f"points failed in {folder}: {failed}")
-    return seconds
+    return seconds, points
 
 
 def summarise(seconds: dict[str, dict[int, list[float]]], base_s: float) -> dict[str, Any]:
@@ -197,6 +216,12 @@ def summarise(seconds: dict[str, dict[int, list[float]]], base_s: float) -> dict
             f"{mode:9s}  {one:10.1f}  {eleven:11.1f}  {statistics.median(grid):9.2f}  "
             f"{statistics.median(command):12.2f}"
         )
+    first = next(iter(seconds))
+    for mode, by_n in list(seconds.items())[1:]:
+        # same-round ratios: the machine's drift between rounds cancels out
+        paired = [b / a for a, b in zip(seconds[first][11], by_n[11])]
+        summary[mode]["paired_11_vs_" + first] = paired
+        print(f"{mode} / {first}, 11 ratios, same round: {statistics.median(paired):.3f} (median)")
     return summary
 
 
@@ -296,15 +321,20 @@ def main(argv: list[str] | None = None) -> int:
         timed(demo_sweep(ONE, "shared", base, 0), work / "warmup")
     modes = [m for m in MODES if m in args.modes]
     seconds: dict[str, dict[int, list[float]]] = {m: {1: [], 11: []} for m in modes}
+    point_medians: dict[str, list[float]] = {m: [] for m in modes}
     for r in range(args.rounds):
         order = modes if r % 2 == 0 else list(reversed(modes))
         for mode in order:
             for ratios in (ONE, ELEVEN):
                 folder = work / f"r{r}-{mode}-{len(ratios)}"
-                spent = timed(demo_sweep(ratios, mode, base, 0), folder, MODES[mode])
+                spent, points = timed(demo_sweep(ratios, mode, base, 0), folder, MODES[mode])
                 seconds[mode][len(ratios)].append(spent)
                 print(f"round {r}: {mode:9s} {len(ratios):2d} ratios {spent:7.1f} s", flush=True)
+            point_medians[mode].append(statistics.median(points))  # the 11-ratio grid's
     summary = summarise(seconds, base_s)
+    for mode, medians in point_medians.items():
+        summary[mode]["point_s_11"] = medians
+        print(f"{mode}: a point's own run {statistics.median(medians):.3f} s (median of rounds)")
     parse = None
     if args.cli:
         config = next((work / f"r0-{modes[0]}-1" / "points").glob("*/config.yaml"))
