@@ -330,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                 spent, points = timed(demo_sweep(ratios, mode, base, 0), folder, MODES[mode])
                 seconds[mode][len(ratios)].append(spent)
                 print(f"round {r}: {mode:9s} {len(ratios):2d} ratios {spent:7.1f} s", flush=True)
-            point_medians[mode].append(statistics.median(points))  # the 11-ratio grid's
+                if ratios is ELEVEN:
+                    point_medians[mode].append(statistics.median(points))
     summary = summarise(seconds, base_s)
     for mode, medians in point_medians.items():
         summary[mode]["point_s_11"] = medians

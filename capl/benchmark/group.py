@@ -28,7 +28,7 @@ from typing import Any
 from torch import nn
 
 from capl.benchmark.onnx_export import Exporter
-from capl.benchmark.profile import paired_latency, shape_profile
+from capl.benchmark.profile import BACKENDS, paired_latency, shape_profile
 
 __all__ = ["LatencyJob", "architecture_key", "group_latency", "time_jobs"]
 
@@ -83,7 +83,7 @@ def group_latency(
     Returns:
         Per model its ``latency_ms`` block, in the order given.
     """
-    backends = list(options.pop("backends", ("torch", "onnxruntime")))
+    backends = list(options.pop("backends", BACKENDS))
     out: list[Latency] = [{} for _ in models]
     if "torch" in backends:
         timed = paired_latency(
@@ -145,7 +145,7 @@ def _shape_blocks(
 ) -> dict[int, Shapes]:
     """Each listed job's shape block, its model exported to ``folder`` when ONNX Runtime runs."""
     timing = jobs[0].timing
-    backends = list(timing.get("backends", ("torch", "onnxruntime")))
+    backends = list(timing.get("backends", BACKENDS))
     if jobs[0].base_onnx is None:  # no base file: nothing to compare an ONNX Runtime time with
         backends = [b for b in backends if b != "onnxruntime"]
     return {

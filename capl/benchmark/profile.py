@@ -137,36 +137,6 @@ def _export_folder(workdir: str | os.PathLike | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def _shape_parts(
-    block: dict[str, Any],
-    model: nn.Module,
-    shape: tuple[int, ...],
-    folder: Path,
-    name: str,
-    attempt: _Attempts,
-    options: dict[str, Any],
-) -> Path | None:
-    """Fill ``onnx`` (exported to ``folder/<name>.onnx``) and ``peak_memory``; the ONNX file.
-
-    ``options``: ``batch_sizes``, ``backends``, ``device``, ``exporter``, ``seed``, ``memory``.
-    """
-    onnx_path = None
-    if "onnxruntime" in options["backends"]:
-        path = folder / f"{name}.onnx"
-        info = attempt(
-            "onnx_export", export_onnx, model, path, shape, dynamic_batch=True,
-            exporter=options["exporter"],
-        )  # fmt: skip
-        if info is not None:
-            block["onnx"], onnx_path = info, path
-    if options["memory"]:
-        block["peak_memory"] = _per_batch(
-            attempt, "peak_memory", options["batch_sizes"], peak_memory, model, shape,
-            device=options["device"], seed=options["seed"],
-        )  # fmt: skip
-    return onnx_path
-
-
 def shape_profile(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -195,12 +165,19 @@ def shape_profile(
     shape = tuple(int(d) for d in input_shape)
     attempt = _Attempts(name)
     block: dict[str, Any] = {"onnx": None, "peak_memory": {}}
-    options = {"batch_sizes": batch_sizes, "backends": backends, "device": device,
-               "exporter": exporter, "seed": seed, "memory": memory}  # fmt: skip
-    with _export_folder(workdir) as folder:
-        _shape_parts(block, model, shape, folder, name, attempt, options)
-    if workdir is None and block["onnx"]:
-        block["onnx"]["path"] = None
+    if "onnxruntime" in backends:
+        with _export_folder(workdir) as folder:
+            block["onnx"] = attempt(
+                "onnx_export", export_onnx, model, folder / f"{name}.onnx", shape,
+                dynamic_batch=True, exporter=exporter,
+            )  # fmt: skip
+        if workdir is None and block["onnx"]:
+            block["onnx"]["path"] = None  # the temporary file is gone
+    if memory:
+        block["peak_memory"] = _per_batch(
+            attempt, "peak_memory", batch_sizes, peak_memory, model, shape, device=device,
+            seed=seed,
+        )  # fmt: skip
     _memory_headline(block, batch_sizes)
     block["errors"] = attempt.errors
     return block
@@ -290,20 +267,24 @@ def profile_model(
             attempt, "latency.torch", batch_sizes, measure_latency_torch, model, shape,
             device=device, threads=torch_threads, **timing,
         )  # fmt: skip
-    options = {"batch_sizes": batch_sizes, "backends": backends, "device": device,
-               "exporter": exporter, "seed": seed, "memory": memory}  # fmt: skip
     if shapes:
         with _export_folder(workdir) as folder:
-            onnx_path = _shape_parts(block, model, shape, folder, name, attempt, options)
+            part = shape_profile(
+                model, shape, batch_sizes, backends, device, folder, name, exporter, seed, memory
+            )
+            onnx_path = (part["onnx"] or {}).get("path")
             if onnx_path is not None and latency:  # timed while the file exists
                 block["latency_ms"]["onnxruntime"] = _per_batch(
                     attempt, "latency.onnxruntime", batch_sizes, measure_latency_onnxruntime,
                     onnx_path, shape, threads=_ort_threads(ort_threads, torch_threads),
                     device=device, **timing,
                 )  # fmt: skip
-    if workdir is None and block["onnx"]:
-        block["onnx"]["path"] = None  # the temporary file is gone after this block
-    _memory_headline(block, batch_sizes)
+        attempt.errors.update(part.pop("errors"))
+        block.update(part)
+        if workdir is None and block["onnx"]:
+            block["onnx"]["path"] = None  # the temporary file is gone after this block
+    else:
+        _memory_headline(block, batch_sizes)  # no memory measured: the headline fields empty
     block["layers"] = layer_report(model)
     block["errors"] = attempt.errors
     block["profile_seconds"] = time.perf_counter() - start
