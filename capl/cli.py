@@ -7,6 +7,7 @@ name their classes by short name (``class_path: DigitsSubset``, ``class_path: Pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +19,7 @@ from typing_extensions import override
 import capl.callbacks
 import capl.datamodules
 from capl import preflight
-from capl.console import quiet_third_party, setup_logging
+from capl.console import no_top_k_reload_note, quiet_third_party, setup_logging
 from capl.datamodules import ClassSubsetDataModule
 from capl.errors import ConfigError, find_config_error
 from capl.module import ImageClassifier
@@ -112,11 +113,17 @@ class CaplCLI(LightningCLI):
         return kwargs
 
     def _run_subcommand(self, subcommand: str) -> None:
-        """Check the outputs first; after a failure, remove log folders left empty."""
+        """Check the outputs first; after a failure, remove log folders left empty.
+
+        Outside ``fit``, ModelCheckpoint's note that another folder's top-k state is not
+        reloaded is hidden: nothing is trained, so nothing would use it.
+        """
         preflight.check_run_outputs(self.trainer)
         created = preflight.log_dirs(self.trainer) if self.trainer.is_global_zero else {}
+        quiet = no_top_k_reload_note() if subcommand != "fit" else contextlib.nullcontext()
         try:
-            super()._run_subcommand(subcommand)
+            with quiet:
+                super()._run_subcommand(subcommand)
         except BaseException:
             preflight.remove_empty_log_dirs(created)
             raise

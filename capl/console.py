@@ -10,7 +10,10 @@ each by its exact message, the lines a user can do nothing about:
 - torch's ``FutureWarning`` that ``LeafSpec`` is deprecated, raised inside Lightning's own
   ``_pytree`` helper (Lightning 2.6.6, the newest release, still uses it);
 - Lightning's hint to prefix the command with ``srun``, printed on any machine with SLURM's
-  client installed, outside a SLURM job (inside one it still guards against a missing srun).
+  client installed, outside a SLURM job (inside one it still guards against a missing srun);
+- while ``validate``, ``test`` or ``predict`` runs (:func:`no_top_k_reload_note`),
+  ModelCheckpoint's warning that a checkpoint from another folder won't reload its top-k
+  bookkeeping, which only a resumed ``fit`` uses.
 
 (The profiler's ``USDT`` and ``gpuGetDeviceCount`` lines are quieted where capl profiles, in
 :mod:`capl.benchmark.memory`.)
@@ -20,16 +23,19 @@ Everything else (user warnings, errors, Lightning's own information) is left as 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["quiet_third_party", "setup_logging"]
+__all__ = ["no_top_k_reload_note", "quiet_third_party", "setup_logging"]
 
 _MARK = "_capl_console"
 _TIPS = ("💡 Tip: For seamless cloud",)
+_TOP_K_RELOAD = r"The dirpath has changed from .*, therefore `best_model_score`"
 
 
 class _Stderr(logging.StreamHandler):
@@ -96,3 +102,22 @@ def quiet_third_party() -> None:
         warnings.filterwarnings(
             "ignore", message=r"The `srun` command is available on your system but is not used"
         )
+
+
+@contextlib.contextmanager
+def no_top_k_reload_note() -> Iterator[None]:
+    """Hide ModelCheckpoint's "won't be reloaded" warning for the duration of the block.
+
+    Lightning restores every callback's state from ``--ckpt_path`` in ``validate``, ``test``
+    and ``predict`` too, and ModelCheckpoint warns whenever the checkpoint was written in
+    another folder: its top-k bookkeeping, which only a resumed ``fit`` uses, is not reloaded.
+    Only this one filter is taken out afterwards; ``warnings.catch_warnings`` would also drop
+    the filters that libraries imported during the block installed.
+    """
+    warnings.filterwarnings("ignore", message=_TOP_K_RELOAD)
+    added = warnings.filters[0]
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            warnings.filters.remove(added)

@@ -7,6 +7,8 @@
   nothing about (litlogger/litmodels tips, torch's LeafSpec deprecation inside Lightning, the
   ``srun`` hint outside SLURM, libkineto's USDT/gpuGetDeviceCount lines, LightningCLI's
   args-and-sys.argv warning under capl-sweep), and capl's own progress lines once each.
+- ``capl test --ckpt_path`` of a checkpoint written in another folder does not show
+  ModelCheckpoint's note that its top-k state won't be reloaded; a resumed ``fit`` still does.
 """
 
 from __future__ import annotations
@@ -115,3 +117,19 @@ def test_in_process_runs_of_a_sweep_are_quiet_too(
         _capl(_test_args(digits_base, tmp_path))
     out, err = capfd.readouterr()
     _assert_quiet(out + err, caught)
+
+
+def test_test_from_another_folders_checkpoint_has_no_top_k_note(
+    digits_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["capl"])
+    args = ["test", "--config", str(CONFIGS / "default.yaml"), "--model.network", "resnet20",
+            "--ckpt_path", str(digits_base), *quiet_trainer(tmp_path, "t")]  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        _python_default_filters()
+        cli = main(args)
+        left = [f for f in warnings.filters if f[1] is not None and "dirpath" in f[1].pattern]
+    assert cli is not None and float(cli.trainer.callback_metrics["test/acc"]) >= 0.9
+    assert [str(w.message) for w in caught if "dirpath has changed" in str(w.message)] == []
+    # the filter lasted only for the run: a fit resumed in another folder still gets the note
+    assert left == []
