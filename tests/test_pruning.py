@@ -609,9 +609,16 @@ def test_plan_errors() -> None:
         make_plan(model, criterion, scores, PruningConfig(0.5), x, head_rows=[3, 10])
     with pytest.raises(ConfigError, match="every unit"):
         make_plan(model, criterion, scores, PruningConfig(0.999, min_channels=0, round_to=None), x)
-    with pytest.raises(ConfigError, match="unreachable"):
-        config = PruningConfig(0.5, target="params", ignore=["layer3.*", "layer4.*"])
-        make_plan(model, criterion, scores, config, x)
+    # the message names the limits: round_to's width steps only where they apply
+    for round_to, limits in ((32, "with widths in multiples of 32 (round_to: 32), min_channels"),
+                             (None, "removed with min_channels=1 and")):  # fmt: skip
+        config = PruningConfig(
+            0.5, target="params", ignore=["layer3.*", "layer4.*"], round_to=round_to
+        )
+        with pytest.raises(ConfigError, match="unreachable") as info:
+            make_plan(model, criterion, scores, config, x)
+        assert limits in str(info.value)
+        assert str(info.value).endswith("lower the ratio or round_to" if round_to else "ratio")
     with pytest.raises(ConfigError, match="expected"):
         make_plan(model, criterion, {"conv1": torch.ones(3)}, PruningConfig(0.5), x)
     masks = _TestRandomScores(granularity="weight")

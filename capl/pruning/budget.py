@@ -29,7 +29,13 @@ _TARGET_TOLERANCE = 0.01
 
 
 class Problem:
-    """A ranking of units and its cost model, evaluated for a unit ratio ``r``."""
+    """A ranking of units and its cost model, evaluated for a unit ratio ``r``.
+
+    Attributes:
+        round_to: The resolved channel multiple kept widths come in (``None``: any width).
+    """
+
+    round_to: int | None = None
 
     def counts(self, r: float) -> list[int] | None:
         """Units removed per group / layer at unit ratio ``r``; ``None`` if a layer empties."""
@@ -80,9 +86,12 @@ def choose_ratio(problem: Problem, config: PruningConfig) -> float:
         meeting = [(r, v) for r, v in candidates if v >= goal]
         if meeting:
             return meeting[0][0]
+        step = problem.round_to if problem.round_to and problem.round_to > 1 else None
+        widths = f"widths in multiples of {step} (round_to: {config.round_to}), " if step else ""
         raise ConfigError(
             f"{config.target} reduction {goal} is unreachable: at most {best_v:.3f} can be removed "
-            f"with min_channels={config.min_channels} and the ignored layers; lower the ratio"
+            f"with {widths}min_channels={config.min_channels} and the ignored layers; lower the "
+            f"ratio{' or round_to' if step else ''}"
         )
     return best_r
 
