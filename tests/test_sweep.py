@@ -18,10 +18,12 @@ import pytest
 import yaml
 
 from capl.errors import ConfigError
+from capl.pruning import latency_table as latency_table_mod
 from capl.sweep import read_results_csv
 from capl.sweep import runner as runner_mod
 from capl.sweep.cli import sweep_main
 from capl.sweep.grid import expand_grid, load_sweep_config, make_point_id, parse_sweep_config
+from capl.sweep.points import LATENCY_DIR, point_config
 from capl.sweep.report import flatten
 from capl.sweep.runner import RESULT_FILE, run_sweep
 
@@ -453,3 +455,60 @@ def test_latency_target_points_carry_the_latency_spec(tmp_path: Path) -> None:
     raw["grid"]["targets"] = ["flops"]
     with pytest.raises(ConfigError, match="macs, params and/or latency"):
         parse_sweep_config(raw)
+
+
+def _pruning_init(config: Any, point: Any, output: Path) -> dict[str, Any]:
+    run = point_config(config, point, "base.ckpt", output)
+    (callback,) = [c for c in run["trainer"]["callbacks"] if c["class_path"].endswith("PruningCallback")]
+    return callback["init_args"]
+
+
+def test_latency_points_share_a_table_in_the_sweep_folder(tmp_path: Path) -> None:
+    raw = sweep_dict({"network": "resnet20", "small_input": True, "num_classes": 10,
+                      "checkpoint": str(tmp_path / "base.ckpt")}, ["L1Norm"], [0.5])  # fmt: skip
+    raw["grid"]["targets"] = ["latency", "macs"]
+    raw["pruning"] = {"latency": {"backend": "torch", "batch_size": 4}}
+    config = parse_sweep_config(raw)
+    latency, macs = expand_grid(config)[0]
+    out = tmp_path / "out"
+    # no cache named: the sweep keeps the table in OUTPUT/latency, the spec's settings stay
+    expected = {"cache": str(out / LATENCY_DIR), "backend": "torch", "batch_size": 4}
+    assert _pruning_init(config, latency, out)["latency"] == expected
+    assert _pruning_init(config, macs, out)["latency"] == expected  # it predicts with the table
+    # a named cache, or an explicit null (measure every time), is the user's
+    for cache in (str(tmp_path / "mine"), None):
+        raw["pruning"] = {"latency": {"cache": cache}}
+        config = parse_sweep_config(raw)
+        assert _pruning_init(config, expand_grid(config)[0][0], out)["latency"] == {"cache": cache}
+    # no latency section: a latency point gets the default spec with the folder, others nothing
+    raw["pruning"] = {}
+    config = parse_sweep_config(raw)
+    latency, macs = expand_grid(config)[0]
+    assert _pruning_init(config, latency, out)["latency"] == {"cache": str(out / LATENCY_DIR)}
+    assert "latency" not in _pruning_init(config, macs, out)
+
+
+def test_latency_sweep_measures_the_table_once(
+    serial: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    measured = []
+    measure = latency_table_mod._measure
+    monkeypatch.setattr(
+        latency_table_mod, "_measure", lambda *a, **k: measured.append(1) or measure(*a, **k)
+    )
+    base = {"network": "resnet20", "small_input": True, "num_classes": 10,
+            "checkpoint": serial["base"]}  # fmt: skip
+    raw = sweep_dict(base, [{"class_path": "L1Norm", "scopes": ["layer"]}], [0.1, 0.15])
+    raw["grid"]["targets"] = ["latency"]
+    # batch 64: at 8x8 a smaller batch's layer times are mostly call overhead
+    raw["pruning"] = {"latency": {"backend": "torch", "batch_size": 64, "threads": 1,
+                                  "repeats": 3}}  # fmt: skip
+    out = tmp_path / "out"
+    run = run_sweep(parse_sweep_config(raw), out, plots=False)
+    assert [r.status for r in run.ran] == ["ok", "ok"]
+    assert measured == [1]  # the first point measured it, the second read it
+    assert len(list((out / LATENCY_DIR).glob("latency-*.json"))) == 1
+    for point in run.points:
+        plan = json.loads((out / "tb" / point.point_id / "pruning_plan.json").read_text())
+        selection = plan["report"]["selection"]
+        assert selection["target"] == "latency" and selection["predicted_latency_ms"] > 0

@@ -35,6 +35,7 @@ from capl.sweep.spec import SweepConfig
 
 __all__ = [
     "BASE_BENCH_DIR",
+    "LATENCY_DIR",
     "PendingPoint",
     "PointResult",
     "long_lived_objects_frozen",
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 BASE_BENCH_DIR = "base_bench"
 """``OUTPUT/base_bench``: the base model's benchmark block, measured once for all points."""
+LATENCY_DIR = "latency"
+"""``OUTPUT/latency``: the per-layer latency tables of ``target: latency``, shared by all points."""
 ONNX_FILES = ("before.onnx", "after.onnx")  # exports an interrupted deferred point may leave
 
 
@@ -115,8 +118,22 @@ def _pruning(config: SweepConfig, point: Point, output: Path) -> dict[str, Any]:
             "scope": point.scope,
             "target": point.target,
             "score_cache": str(output / "scores"),
+            **_latency(config, point, output),
         },
     }
+
+
+def _latency(config: SweepConfig, point: Point, output: Path) -> dict[str, Any]:
+    """The point's ``latency`` spec, its table kept in ``OUTPUT/latency`` unless it names a cache.
+
+    Without a cache every ``target: latency`` point would measure the same base network's
+    per-layer table again (seconds to minutes); with it the first point measures and the
+    others read. An explicit ``cache: null`` still measures every time.
+    """
+    given = config.pruning.get("latency")
+    if given is None and point.target != "latency":
+        return {}
+    return {"latency": {"cache": str(output / LATENCY_DIR), **dict(given or {})}}
 
 
 def _benchmark(

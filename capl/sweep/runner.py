@@ -5,6 +5,8 @@ Output folder layout (``DIR``)::
     DIR/sweep.json                  the sweep's settings fingerprint (one sweep per folder)
     DIR/base/<hash>/                the base model trained by the sweep (base.json marks it done)
     DIR/scores/                     PruningCallback score cache, shared by all points
+    DIR/latency/                    latency tables of target: latency points (unless
+                                    pruning.latency.cache names a folder), shared
     DIR/base_bench/<key>/           the base model's benchmark block and ONNX export, measured
                                     once for every point with the same base/classes/settings
     DIR/points/<point_id>/          config.yaml (and test.yaml after retraining), benchmark.json,
