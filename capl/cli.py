@@ -41,8 +41,7 @@ class CaplCLI(LightningCLI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """LightningCLI's arguments; ``args`` (else ``sys.argv``) tell which parser to build."""
-        given = kwargs.get("args")
-        self._requested = _requested_subcommand(sys.argv[1:] if given is None else given)
+        self._requested = _requested_subcommand(_command_line(kwargs.get("args")))
         super().__init__(*args, **kwargs)
 
     def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
@@ -62,7 +61,7 @@ class CaplCLI(LightningCLI):
         When ``args`` are given (capl-sweep, tests) the process's own argv is not ours:
         LightningCLI would warn about having both, so it sees none while parsing.
         """
-        self._args = list(sys.argv[1:]) if args is None else args
+        self._args = _command_line(args)
         saved = sys.argv
         if args is not None:
             sys.argv = sys.argv[:1]
@@ -166,6 +165,11 @@ class CaplCLI(LightningCLI):
         self._share_checkpoint_path()
 
 
+def _command_line(args: Any) -> Any:
+    """``args`` as given (a list, or a dict of settings), else the process's own arguments."""
+    return list(sys.argv[1:]) if args is None else args
+
+
 def _requested_subcommand(args: Any) -> str | None:
     """The subcommand an argument list starts with (``None`` for a dict of settings)."""
     if isinstance(args, list | tuple) and args and args[0] in LightningCLI.subcommands():
@@ -186,7 +190,7 @@ def main(args: Sequence[str] | None = None) -> CaplCLI | None:
     quiet_third_party()
     setup_logging()
     try:
-        preflight.check_config_files(sys.argv[1:] if argv is None else argv)
+        preflight.check_config_files(_command_line(argv))
         return CaplCLI(
             ImageClassifier,
             ClassSubsetDataModule,
@@ -204,7 +208,7 @@ def main(args: Sequence[str] | None = None) -> CaplCLI | None:
             message = str(config_error)
         elif isinstance(err, argparse.ArgumentError):
             # a misspelt subcommand has no --help of its own: the hint then names capl --help
-            subcommand = _requested_subcommand(sys.argv[1:] if argv is None else argv)
+            subcommand = _requested_subcommand(_command_line(argv))
             message = preflight.summarise_parse_error(str(err), subcommand)
         else:
             raise

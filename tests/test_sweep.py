@@ -459,7 +459,9 @@ def test_latency_target_points_carry_the_latency_spec(tmp_path: Path) -> None:
 
 def _pruning_init(config: Any, point: Any, output: Path) -> dict[str, Any]:
     run = point_config(config, point, "base.ckpt", output)
-    (callback,) = [c for c in run["trainer"]["callbacks"] if c["class_path"].endswith("PruningCallback")]
+    (callback,) = [
+        c for c in run["trainer"]["callbacks"] if c["class_path"].endswith("PruningCallback")
+    ]
     return callback["init_args"]
 
 

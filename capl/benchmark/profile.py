@@ -270,8 +270,9 @@ def profile_model(
     if shapes:
         with _export_folder(workdir) as folder:
             part = shape_profile(
-                model, shape, batch_sizes, backends, device, folder, name, exporter, seed, memory
-            )
+                model, shape, batch_sizes, backends, device=device, workdir=folder, name=name,
+                exporter=exporter, seed=seed, memory=memory,
+            )  # fmt: skip
             onnx_path = (part["onnx"] or {}).get("path")
             if onnx_path is not None and latency:  # timed while the file exists
                 block["latency_ms"]["onnxruntime"] = _per_batch(
