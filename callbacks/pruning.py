@@ -20,14 +20,13 @@ from typing_extensions import override
 from capl.benchmark.base_cache import weights_hash
 from capl.criteria import Criterion
 from capl.errors import ConfigError
-from capl.evaluation import evaluate_subset
 from capl.io import write_bytes_atomic, write_json_atomic
+from capl.memo import evaluate_once, recalibrate_once
 from capl.module import ImageClassifier
 from capl.pruning import (
     PruningConfig,
     make_masks_permanent,
     make_plan,
-    recalibrate_batchnorm,
     select_scores,
 )
 from capl.pruning.latency_table import LatencySpec, LatencyTable, network_latency_table
@@ -238,14 +237,13 @@ class PruningCallback(Callback):
 
         def evaluate() -> dict[str, Any]:
             loader = datamodule.test_dataloader()
-            return evaluate_subset(network, loader, module.rows, datamodule.class_names)
+            return evaluate_once(network, loader, module.rows, datamodule.class_names)
 
+        # a sweep's points that prune to the same network share these passes (capl.memo)
         last = evaluate()
         stages: dict[str, Any] = {"pruned": last}
         if self.bn_recalibration:
-            used = recalibrate_batchnorm(
-                network, datamodule.train_dataloader(), self.bn_recalibration
-            )
+            used = recalibrate_once(network, datamodule.train_dataloader(), self.bn_recalibration)
             last = evaluate()
             stages["bn_recalibrated"] = {**last, "batches": used}
             rank_zero_info(f"capl: BatchNorm statistics re-estimated on {used} training batches")

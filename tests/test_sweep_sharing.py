@@ -20,6 +20,7 @@ from torch import nn
 import capl.benchmark.group as group
 import capl.benchmark.profile as profile_mod
 import capl.callbacks.benchmark as benchmark_mod
+import capl.memo as memo_mod
 import capl.sweep.runner as runner_mod
 import capl.sweep.sharing as sharing_mod
 from capl.benchmark.base_cache import BASE_BLOCK_FILE, BaseCache
@@ -376,3 +377,53 @@ def test_criteria_with_equal_widths_share_one_timing_in_a_sweep(
     assert len([e for e in exports if e.pop("same_architecture_as", None)]) == 1
     assert exports[0] == exports[1] and exports[0]["path"] is None
     assert l1["after"]["peak_memory"] and l1["after"]["peak_memory_bytes"] > 0
+
+
+def _same_network_sweep(base: Path, out: Path) -> dict[str, dict[str, Any]]:
+    """Two layer-scope L1-norm points whose widths round to the same (16 | ResNet-20's)."""
+    config = parse_sweep_config(
+        {
+            "name": "same-network",
+            "base": {"network": "resnet20", "small_input": True, "num_classes": 10,
+                     "checkpoint": str(base)},
+            "data": DATA,
+            "grid": {"criteria": [{"class_path": "L1Norm", "scopes": ["layer"]}],
+                     "ratios": [0.15, 0.2], "classes": [[3, 5, 8]]},
+            "pruning": {"round_to": 16, "bn_recalibration": 2},
+            "benchmark": BENCH,
+        }
+    )  # fmt: skip
+    run = run_sweep(config, out, plots=False)
+    assert [r.status for r in run.ran] == ["ok"] * 2
+    return records(out)
+
+
+def test_points_pruned_to_one_network_recalibrate_and_evaluate_it_once(
+    digits_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: dict[str, list[int]] = {"recalibrate": [], "evaluate": []}
+    recalibrate, evaluate = memo_mod.recalibrate_batchnorm, memo_mod.evaluate_subset
+
+    def recalibrated(*args: Any, **kwargs: Any) -> Any:
+        calls["recalibrate"].append(1)
+        return recalibrate(*args, **kwargs)
+
+    def evaluated(*args: Any, **kwargs: Any) -> Any:
+        calls["evaluate"].append(1)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(memo_mod, "recalibrate_batchnorm", recalibrated)
+    monkeypatch.setattr(memo_mod, "evaluate_subset", evaluated)
+    memo_mod.MEMO.clear()
+    shared = _same_network_sweep(digits_base, tmp_path / "shared")
+    assert {k: len(v) for k, v in calls.items()} == {"recalibrate": 1, "evaluate": 2}
+
+    with mock.patch.object(memo_mod.MEMO, "get", return_value=None):  # nothing reused
+        alone = _same_network_sweep(digits_base, tmp_path / "alone")
+    assert {k: len(v) for k, v in calls.items()} == {"recalibrate": 3, "evaluate": 6}
+    first, second = (shared[name] for name in sorted(shared))
+    assert first["after"]["macs"] == second["after"]["macs"]
+    for name, bench in shared.items():  # the same figures as each point computing its own
+        assert bench["accuracy_stages"] == alone[name]["accuracy_stages"]
+        assert bench["after"]["accuracy"] == alone[name]["after"]["accuracy"]
+    assert first["accuracy_stages"] == second["accuracy_stages"]
