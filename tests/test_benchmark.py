@@ -483,6 +483,66 @@ def test_per_class_figure_shows_before_and_after_accuracy() -> None:
     assert bars == pytest.approx([99.0, 100.0, 50.0, 25.0])
 
 
+def test_equal_figures_are_rendered_once_as_add_figure_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from torch.utils.tensorboard._utils import figure_to_image
+
+    from capl.benchmark import tensorboard
+
+    builds: list[str] = []
+    for kind, make in list(tensorboard._FIGURES.items()):
+        monkeypatch.setitem(
+            tensorboard._FIGURES, kind, lambda *a, _k=kind, _m=make: builds.append(_k) or _m(*a)
+        )
+    tensorboard._rendered.cache_clear()
+
+    class Experiment:
+        def __init__(self) -> None:
+            self.images: dict[str, np.ndarray] = {}
+
+        def add_image(self, tag: str, image: np.ndarray, dataformats: str) -> None:
+            assert dataformats == "HWC" and image.dtype == np.uint8
+            self.images[tag] = image
+
+        def add_figure(self, tag: str, figure: object) -> None:
+            raise AssertionError("a TensorBoard writer gets the rendered image")
+
+        def add_text(self, tag: str, text: str) -> None:
+            pass
+
+    class Logger:
+        def __init__(self) -> None:
+            self.experiment = Experiment()
+
+        def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+            pass
+
+        def log_hyperparams(self, params: dict, metrics: dict) -> None:
+            pass
+
+    per_layer = {"conv1": {"before": 16, "after": 8}, "conv2": {"before": 32, "after": 24}}
+    result = {"criterion": {"name": "L1Norm"}, "ratio": 0.3, "scope": "layer",
+              "per_layer": per_layer, "before": {"accuracy_per_class": {"3": 0.9, "5": 1.0}},
+              "after": {"accuracy_per_class": {"3": 0.5, "5": 0.75}}}  # fmt: skip
+    first, second = Logger(), Logger()
+    tensorboard.log_benchmark(first, result)
+    tensorboard.log_benchmark(second, copy.deepcopy(result))
+    assert builds == ["per_layer", "per_class_accuracy"]  # the second point's: reused
+    for tag, image in first.experiment.images.items():
+        assert np.array_equal(image, second.experiment.images[tag])
+    # pixel for pixel what TensorBoardLogger's add_figure would have stored
+    drawn = figure_to_image(tensorboard.per_layer_figure(per_layer, tensorboard.run_label(result)))
+    assert np.array_equal(first.experiment.images["benchmark/per_layer"], drawn.transpose(1, 2, 0))
+
+    result["after"]["accuracy_per_class"]["5"] = 0.25
+    third = Logger()
+    tensorboard.log_benchmark(third, result)
+    assert builds == ["per_layer", "per_class_accuracy", "per_class_accuracy"]
+    changed = third.experiment.images["benchmark/per_class_accuracy"]
+    assert not np.array_equal(changed, first.experiment.images["benchmark/per_class_accuracy"])
+
+
 def test_measure_interleaved_alternates_models_and_summarises_each() -> None:
     import contextlib
 

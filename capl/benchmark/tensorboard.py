@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -183,12 +185,11 @@ def log_benchmark(lightning_logger: Any, result: Mapping[str, Any]) -> None:
             metrics = {**scalars, **({"hp_metric": accuracy} if accuracy is not None else {})}
             lightning_logger.log_hyperparams(hparams, metrics=metrics)
         if result.get("per_layer"):
-            figure = per_layer_figure(result["per_layer"], run_label(result))
-            experiment.add_figure("benchmark/per_layer", figure)
+            _add_figure(experiment, "per_layer", result["per_layer"], run_label(result))
         before, after = result.get("before") or {}, result.get("after") or {}
         if before.get("accuracy_per_class") and after.get("accuracy_per_class"):
-            figure = per_class_figure(before["accuracy_per_class"], after["accuracy_per_class"])
-            experiment.add_figure("benchmark/per_class_accuracy", figure)
+            classes = before["accuracy_per_class"], after["accuracy_per_class"]
+            _add_figure(experiment, "per_class_accuracy", *classes)
         if result.get("before") and result.get("after"):
             from capl.benchmark.table import format_table
 
@@ -196,3 +197,30 @@ def log_benchmark(lightning_logger: Any, result: Mapping[str, Any]) -> None:
             experiment.add_text("benchmark/summary", f"```\n{table}\n```")
     except Exception as error:
         logger.warning("could not log benchmark figures/hparams to TensorBoard: %s", error)
+
+
+_FIGURES = {"per_layer": per_layer_figure, "per_class_accuracy": per_class_figure}
+
+
+def _add_figure(experiment: Any, kind: str, *data: Any) -> None:
+    """Add the ``kind`` figure of ``data`` as ``benchmark/<kind>``, rendered once per content.
+
+    A sweep logs many points whose figures are equal (points pruned to the same network, seeds
+    of a deterministic criterion); rendering is most of the logging's time.
+    """
+    tag = f"benchmark/{kind}"
+    if not hasattr(experiment, "add_image"):
+        experiment.add_figure(tag, _FIGURES[kind](*data))
+        return
+    experiment.add_image(tag, _rendered(kind, json.dumps(data)), dataformats="HWC")
+
+
+@functools.lru_cache(maxsize=16)
+def _rendered(kind: str, data: str) -> Any:
+    """The figure drawn as ``add_figure`` draws it (Agg): an HWC uint8 RGB array."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(_FIGURES[kind](*json.loads(data)))
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
