@@ -21,14 +21,18 @@ and round. Each mode adds one step to the one before:
   (:func:`capl.benchmark.shape_profile` in the group run) and a prune-only point's accuracy
   taken from the PruningCallback (``known_accuracy``), but each point's CLI still building
   the parsers of all four LightningCLI subcommands (as before 2026-12-06's fourth session);
-- ``defaults``: also each point's CLI building the ``test`` parser only
-  (:meth:`capl.cli.CaplCLI.subcommands`): capl's defaults.
+- ``stages-each``: also each point's CLI building the ``test`` parser only
+  (:meth:`capl.cli.CaplCLI.subcommands`), but each point recalibrating, evaluating and drawing
+  its TensorBoard figures itself (as before 2026-12-07's session);
+- ``defaults``: also points pruned to equal networks sharing their BatchNorm recalibration and
+  evaluations (:mod:`capl.memo`) and equal figures drawn once: capl's defaults.
 
 The modes before the defaults are made by patching the later steps out in this process
 (``long_lived_objects_frozen`` by a no-op, ``capl.benchmark.group._timed_once`` by one entry
 per job, ``capl.benchmark.group._shape_blocks`` measuring every job,
 ``PruningCallback.known_accuracy`` by ``None``, ``CaplCLI.subcommands`` by LightningCLI's
-four). ``--modes`` runs a subset.
+four, ``capl.memo.MEMO.get`` by ``None`` and the figure cache by the uncached drawing).
+``--modes`` runs a subset.
 
 Each figure is the wall time of ``run_sweep`` (points, group timing, results.csv and report;
 no plots). The base model is trained once beforehand, as the demo sweep trains it (its epochs
@@ -69,7 +73,8 @@ from unittest import mock
 import yaml
 from lightning.pytorch.cli import LightningCLI
 
-from capl.benchmark import environment_info, group
+from capl import memo
+from capl.benchmark import environment_info, group, tensorboard
 from capl.callbacks import PruningCallback
 from capl.cli import CaplCLI
 from capl.cli import main as capl_main
@@ -92,9 +97,15 @@ class Mode:
     shapes_once: bool = True
     accuracy_reused: bool = True
     one_parser: bool = True
+    stages_shared: bool = True
 
 
-EVERY_STEP = {"shapes_once": False, "accuracy_reused": False, "one_parser": False}
+EVERY_STEP = {
+    "shapes_once": False,
+    "accuracy_reused": False,
+    "one_parser": False,
+    "stages_shared": False,
+}
 MODES = {
     "per-point": Mode(
         {"latency": "paired", "base_cache": None},
@@ -105,7 +116,8 @@ MODES = {
     "shared": Mode({}, frozen=False, by_architecture=False, **EVERY_STEP),
     "frozen": Mode({}, by_architecture=False, **EVERY_STEP),
     "timed-once": Mode({}, **EVERY_STEP),
-    "four-parsers": Mode({}, one_parser=False),
+    "four-parsers": Mode({}, one_parser=False, stages_shared=False),
+    "stages-each": Mode({}, stages_shared=False),
     "defaults": Mode({}),
 }
 
@@ -168,6 +180,9 @@ def timed(config: Any, folder: Path, mode: Mode = MODES["defaults"]) -> tuple[fl
         finally:
             points.append(time.perf_counter() - start)
 
+    # a sweep command is a fresh process: nothing from the sweeps timed before it
+    memo.MEMO.clear()
+    tensorboard._rendered.cache_clear()
     with contextlib.ExitStack() as patches:
         patches.enter_context(mock.patch.object(runner, "run_point", run_point))
         if not mode.frozen:
@@ -184,6 +199,10 @@ def timed(config: Any, folder: Path, mode: Mode = MODES["defaults"]) -> tuple[fl
             patches.enter_context(unknown)
         if not mode.one_parser:
             patches.enter_context(four_parsers())
+        if not mode.stages_shared:
+            patches.enter_context(mock.patch.object(memo.MEMO, "get", lambda key: None))
+            uncached = tensorboard._rendered.__wrapped__
+            patches.enter_context(mock.patch.object(tensorboard, "_rendered", uncached))
         start = time.perf_counter()
         run = run_sweep(config, folder, plots=False)
         seconds = time.perf_counter() - start
