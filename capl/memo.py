@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from capl.benchmark.base_cache import weights_hash
+from capl.benchmark.base_cache import hash_tensor, weights_hash
 from capl.benchmark.group import architecture_key
 from capl.evaluation import evaluate_subset
 from capl.pruning.recalibrate import batchnorm_layers, recalibrate_batchnorm
@@ -90,11 +90,7 @@ def _collect(batches: Iterable[Any], limit: int | None = None) -> tuple[Iterable
         if limit is not None and len(held) >= limit:
             break  # like recalibrate_batchnorm: it fetches one batch more, then stops
         held.append(batch)
-        for tensor in batch:
-            data = torch.as_tensor(tensor).detach().cpu().contiguous()
-            digest.update(f"{data.dtype}|{tuple(data.shape)}|".encode())
-            digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
-            size += data.numel() * data.element_size()
+        size += sum(hash_tensor(digest, "", torch.as_tensor(tensor)) for tensor in batch)
         if size > MAX_BATCH_BYTES:
             return itertools.chain(held, iterator), None
     return held, digest.hexdigest()

@@ -31,7 +31,14 @@ from torch import nn
 
 from capl.io import write_json_atomic
 
-__all__ = ["BASE_BLOCK_FILE", "BASE_ONNX_FILE", "BaseCache", "base_fingerprint", "weights_hash"]
+__all__ = [
+    "BASE_BLOCK_FILE",
+    "BASE_ONNX_FILE",
+    "BaseCache",
+    "base_fingerprint",
+    "hash_tensor",
+    "weights_hash",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +51,16 @@ def weights_hash(network: nn.Module) -> str:
     """SHA-256 of a network's state dict (names, dtypes, shapes and bytes of every tensor)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(network.state_dict().items()):
-        data = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes())
+        hash_tensor(digest, name, tensor)
     return digest.hexdigest()
+
+
+def hash_tensor(digest: Any, label: str, tensor: torch.Tensor) -> int:
+    """Feed ``label``, ``tensor``'s dtype, shape and bytes to ``digest``; return the byte count."""
+    data = tensor.detach().cpu().contiguous().reshape(-1)
+    digest.update(f"{label}|{data.dtype}|{tuple(tensor.shape)}|".encode())
+    digest.update(data.view(torch.uint8).numpy())  # the buffer itself: no copy
+    return data.numel() * data.element_size()
 
 
 def base_fingerprint(network: nn.Module, settings: Mapping[str, Any]) -> str:
