@@ -47,7 +47,14 @@ DATA = {
 }
 
 
-def sweep(base: Path, ratios: list[float], classes: list[list[int]], **bench: Any) -> Any:
+def sweep(
+    base: Path,
+    ratios: list[float],
+    classes: list[list[int]],
+    criteria: list[Any] | None = None,
+    pruning: dict[str, Any] | None = None,
+    **bench: Any,
+) -> Any:
     return parse_sweep_config(
         {
             "name": "sharing",
@@ -58,7 +65,8 @@ def sweep(base: Path, ratios: list[float], classes: list[list[int]], **bench: An
                 "checkpoint": str(base),
             },
             "data": DATA,
-            "grid": {"criteria": ["L1Norm"], "ratios": ratios, "classes": classes},
+            "grid": {"criteria": criteria or ["L1Norm"], "ratios": ratios, "classes": classes},
+            "pruning": pruning or {},
             "benchmark": {**BENCH, **bench},
         }
     )
@@ -348,20 +356,9 @@ def test_group_run_exports_each_architecture_and_records_a_failed_export(tmp_pat
 def test_criteria_with_equal_widths_share_one_timing_in_a_sweep(
     digits_base: Path, tmp_path: Path
 ) -> None:
-    config = parse_sweep_config(
-        {
-            "name": "same-widths",
-            "base": {"network": "resnet20", "small_input": True, "num_classes": 10,
-                     "checkpoint": str(digits_base)},
-            "data": DATA,
-            # layer scope: every criterion keeps the same number of channels per layer
-            "grid": {"criteria": [{"class_path": "L1Norm", "scopes": ["layer"]},
-                                  {"class_path": "Random", "scopes": ["layer"]}],
-                     "ratios": [0.5], "classes": [[3, 5, 8]]},
-            "pruning": {"round_to": 8},
-            "benchmark": BENCH,
-        }
-    )  # fmt: skip
+    # layer scope: every criterion keeps the same number of channels per layer
+    layer = [{"class_path": name, "scopes": ["layer"]} for name in ("L1Norm", "Random")]
+    config = sweep(digits_base, [0.5], [[3, 5, 8]], criteria=layer, pruning={"round_to": 8})
     run = run_sweep(config, tmp_path, plots=False)
     assert [r.status for r in run.ran] == ["ok"] * 2
     benches = records(tmp_path)
@@ -381,18 +378,9 @@ def test_criteria_with_equal_widths_share_one_timing_in_a_sweep(
 
 def _same_network_sweep(base: Path, out: Path) -> dict[str, dict[str, Any]]:
     """Two layer-scope L1-norm points whose widths round to the same (16 | ResNet-20's)."""
-    config = parse_sweep_config(
-        {
-            "name": "same-network",
-            "base": {"network": "resnet20", "small_input": True, "num_classes": 10,
-                     "checkpoint": str(base)},
-            "data": DATA,
-            "grid": {"criteria": [{"class_path": "L1Norm", "scopes": ["layer"]}],
-                     "ratios": [0.15, 0.2], "classes": [[3, 5, 8]]},
-            "pruning": {"round_to": 16, "bn_recalibration": 2},
-            "benchmark": BENCH,
-        }
-    )  # fmt: skip
+    layer = [{"class_path": "L1Norm", "scopes": ["layer"]}]
+    pruning = {"round_to": 16, "bn_recalibration": 2}
+    config = sweep(base, [0.15, 0.2], [[3, 5, 8]], criteria=layer, pruning=pruning)
     run = run_sweep(config, out, plots=False)
     assert [r.status for r in run.ran] == ["ok"] * 2
     return records(out)
