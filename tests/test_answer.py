@@ -200,9 +200,20 @@ def test_per_layer_plot_one_panel_per_criterion_at_one_budget(tmp_path: Path) ->
 
 def test_tensorboard_names_the_run_and_logs_the_accuracy_as_hp_metric() -> None:
     result = bench("OCAP", 0.5, 0)
-    assert run_label(result) == "OCAP, ratio 0.5 (global, target macs)"
+    realised = result["realised"]
+    channels, macs = 100 * realised["channels_removed"], 100 * realised["macs_removed"]
+    label = (
+        f"OCAP (global, target macs): {channels:.1f} % of channels, {macs:.1f} % of MACs removed"
+    )
+    assert run_label(result) == label
     title = per_layer_figure(result["per_layer"], run_label(result)).axes[0].get_title()
-    assert title.startswith("OCAP, ratio 0.5")
+    assert title.startswith(label)
+    # another ratio rounded to the same widths: the same label, so one drawing serves both
+    assert run_label({**result, "ratio": 0.55}) == label
+    masked = bench("Magnitude", 0.3, 0, masked=True)
+    for entry in masked["per_layer"].values():
+        entry["kind"] = "weights"
+    assert run_label(masked) == "Magnitude (global, target macs): 30.0 % of weights zeroed"
 
     class Experiment:
         def __init__(self) -> None:
@@ -231,7 +242,7 @@ def test_tensorboard_names_the_run_and_logs_the_accuracy_as_hp_metric() -> None:
     assert not any(k.startswith("_") for k in logger.hparams)
     assert logger.hparams["criterion"] == "OCAP" and logger.hparams["ratio"] == 0.5
     figure = logger.experiment.figures["benchmark/per_layer"]
-    assert "OCAP, ratio 0.5" in figure.axes[0].get_title()
+    assert figure.axes[0].get_title().startswith(label)
 
 
 def _panel_lines(ax: Any) -> tuple[dict[str, list[float]], dict[str, list[float]]]:

@@ -524,10 +524,12 @@ def test_equal_figures_are_rendered_once_as_add_figure_would(
     per_layer = {"conv1": {"before": 16, "after": 8}, "conv2": {"before": 32, "after": 24}}
     result = {"criterion": {"name": "L1Norm"}, "ratio": 0.3, "scope": "layer",
               "per_layer": per_layer, "before": {"accuracy_per_class": {"3": 0.9, "5": 1.0}},
-              "after": {"accuracy_per_class": {"3": 0.5, "5": 0.75}}}  # fmt: skip
+              "after": {"accuracy_per_class": {"3": 0.5, "5": 0.75}},
+              "realised": {"channels_removed": 0.25, "macs_removed": 0.4}}  # fmt: skip
     first, second = Logger(), Logger()
     tensorboard.log_benchmark(first, result)
-    tensorboard.log_benchmark(second, copy.deepcopy(result))
+    # a point of another ratio pruned to the same widths (round_to): its figures are equal
+    tensorboard.log_benchmark(second, {**copy.deepcopy(result), "ratio": 0.35})
     assert builds == ["per_layer", "per_class_accuracy"]  # the second point's: reused
     for tag, image in first.experiment.images.items():
         assert np.array_equal(image, second.experiment.images[tag])
