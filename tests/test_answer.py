@@ -210,9 +210,10 @@ def test_tensorboard_names_the_run_and_logs_the_accuracy_as_hp_metric() -> None:
     assert title.startswith(label)
     # another ratio rounded to the same widths: the same label, so one drawing serves both
     assert run_label({**result, "ratio": 0.55}) == label
-    masked = bench("Magnitude", 0.3, 0, masked=True)
-    for entry in masked["per_layer"].values():
-        entry["kind"] = "weights"
+    # a structured plan whose layer kept its outputs but lost inputs still removed channels
+    next(iter(result["per_layer"].values()))["kind"] = "weights"
+    assert run_label(result) == label
+    masked = bench("Magnitude", 0.3, 0, masked=True)  # dense shapes, zeros: a mask
     assert run_label(masked) == "Magnitude (global, target macs): 30.0 % of weights zeroed"
 
     class Experiment:

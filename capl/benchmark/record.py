@@ -259,6 +259,20 @@ def _speedups(
     return measured, efficiency
 
 
+def removes_zeros(nonzero_params_removed: float | None, params_removed: float | None) -> bool:
+    """Whether a pruning mostly zeroed weights in dense shapes (masks) rather than removed shapes.
+
+    Structured pruning removes parameters (and MACs) from the shapes; masks only zero them, so
+    the dense parameter count falls by the class-subset head cut alone.
+
+    Args:
+        nonzero_params_removed: Fraction of the base's non-zero parameters removed.
+        params_removed: Fraction of the base's (dense) parameters removed.
+    """
+    nonzero, dense = nonzero_params_removed, params_removed
+    return bool(nonzero) and dense is not None and nonzero - dense > 0.5 * nonzero
+
+
 def realised(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
     """What the pruning actually bought, from two :func:`capl.benchmark.profile_model` blocks.
 

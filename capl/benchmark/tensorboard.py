@@ -8,7 +8,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from capl.benchmark.record import criterion_name
+from capl.benchmark.record import criterion_name, removes_zeros
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ def run_label(result: Mapping[str, Any]) -> str:
 
     What a benchmark result pruned and how much was really removed, not the ratio asked for:
     ratios rounded to the same widths give the same label (and figure), and the point's run
-    name and hyper-parameters still carry its ratio. Masks (layers whose ``per_layer`` entry
-    counts non-zero weights) are labelled by the weights they zeroed.
+    name and hyper-parameters still carry its ratio. Masks
+    (:func:`capl.benchmark.record.removes_zeros`) are labelled by the weights they zeroed.
     """
     name = criterion_name(result)
     if not name:
@@ -97,10 +97,9 @@ def run_label(result: Mapping[str, Any]) -> str:
         details.append(f"target {result['target']}")
     text = f"{name} ({', '.join(details)})" if details else str(name)
     realised = result.get("realised") or {}
-    layers = (result.get("per_layer") or {}).values()
-    if any(entry.get("kind") == "weights" for entry in layers):
-        zeroed = _number(realised.get("nonzero_params_removed"))
-        return f"{text}: {100 * zeroed:.1f} % of weights zeroed" if zeroed is not None else text
+    zeroed = _number(realised.get("nonzero_params_removed"))
+    if removes_zeros(zeroed, _number(realised.get("params_removed"))):
+        return f"{text}: {100 * zeroed:.1f} % of weights zeroed"
     channels = _number(realised.get("channels_removed"))
     macs = _number(realised.get("macs_removed"))
     if channels is None or macs is None:

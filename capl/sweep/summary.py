@@ -28,6 +28,7 @@ from capl.benchmark.record import (
     THEORETICAL_SPEEDUP,
     block_key,
     per_layer_key,
+    removes_zeros,
 )
 from capl.sweep.rows import LATENCY_DIGIT, Scalar, is_ok, natural_key, normalise_row
 from capl.sweep.rows import write_results_csv as _write_csv
@@ -222,14 +223,9 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _removes_zeros(metrics: Mapping[str, Mapping[str, Any]]) -> bool:
-    """A mask criterion: most of what it removed became zeros in dense shapes, not removed shapes.
-
-    Structured pruning removes parameters (and MACs) from the shapes; masks only zero them, so
-    the dense parameter count falls by the class-subset head cut alone.
-    """
+    """A group of mask-criterion points (:func:`capl.benchmark.record.removes_zeros`, on means)."""
     nonzero = (metrics.get(NONZERO_PARAMS_REMOVED) or {}).get("mean")
-    dense = (metrics.get(PARAMS_REMOVED) or {}).get("mean")
-    return bool(nonzero) and dense is not None and nonzero - dense > 0.5 * nonzero
+    return removes_zeros(nonzero, (metrics.get(PARAMS_REMOVED) or {}).get("mean"))
 
 
 def _busy_cells(rows: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
