@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
+    if args.runs < 1 or args.warmup < 0:
+        parser.error("--runs must be >= 1 and --warmup >= 0")
     base, scores = base_and_scores(args.network, args.size)
     pruned, _ = capl_pruned(base, scores, args.size, args.ratio, args.scope, args.round_to)
     shape = (3, args.size, args.size)
