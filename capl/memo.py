@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from capl.benchmark.base_cache import hash_tensor, weights_hash
 from capl.benchmark.group import architecture_key
+from capl.criteria.base import model_device
 from capl.evaluation import evaluate_subset
 from capl.pruning.recalibrate import batchnorm_layers, recalibrate_batchnorm
 
@@ -74,7 +75,7 @@ MEMO = Memo()
 
 def _network_key(network: nn.Module) -> tuple[str, ...]:
     """What decides a network's outputs: its modules (classes, settings, hooks), its weights."""
-    device = next(network.parameters()).device.type
+    device = model_device(network).type
     threads = str(torch.get_num_threads())
     return (architecture_key(network), weights_hash(network), device, threads)
 
@@ -140,6 +141,6 @@ def recalibrate_once(
                 getattr(norm, name).copy_(value)
         return int(known["used"])
     used = recalibrate_batchnorm(network, held, num_batches)
-    buffers = [{name: b.detach().clone() for name, b in norm.named_buffers()} for norm in norms]
-    memo.put(key, {"used": used, "buffers": buffers})
+    buffers = [dict(norm.named_buffers()) for norm in norms]
+    memo.put(key, {"used": used, "buffers": buffers})  # put keeps a copy
     return used
