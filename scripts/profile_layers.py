@@ -26,25 +26,22 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compare_plans import base_and_scores, capl_pruned
 
-from capl.benchmark import count_conv_linear_macs, export_onnx
+from capl.benchmark import count_conv_linear_macs, export_onnx, make_input, ort_session
 
 
 def node_times(path: Path, batch: np.ndarray, threads: int, warmup: int, runs: int) -> Counter:
-    """Milliseconds per run of each ONNX Runtime node (kernel time), warm-up runs left out."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.enable_profiling = True
-    options.profile_file_prefix = str(path.with_suffix(""))
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """Milliseconds per run of each ONNX Runtime node (kernel time), warm-up runs left out.
+
+    The session is the benchmark's own (:func:`capl.benchmark.ort_session`), profiled.
+    """
+    session = ort_session(path, threads, profile=path.with_suffix(""))
     for _ in range(warmup + runs):
-        session.run(None, {"input": batch})
+        session.run(None, {session.get_inputs()[0].name: batch})
     events = json.loads(Path(session.end_profiling()).read_text())
     starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
     timed_from = starts[warmup]
@@ -61,6 +58,14 @@ def node_times(path: Path, batch: np.ndarray, threads: int, warmup: int, runs: i
     return times
 
 
+def _per_op(times: Counter) -> Counter:
+    """Milliseconds per operator type."""
+    ops: Counter = Counter()
+    for (op, _), ms in times.items():
+        ops[op] += ms
+    return ops
+
+
 def report(base: Counter, pruned: Counter, top: int) -> None:
     """Print the ``top`` nodes by pruned time, then the totals per operator type."""
     total = sum(pruned.values())
@@ -70,11 +75,7 @@ def report(base: Counter, pruned: Counter, top: int) -> None:
         before = base.get((op, name), 0.0)
         print(f"| {name} | {op} | {before:.2f} | {ms:.2f} | {before / ms:.2f} | "
               f"{100 * ms / total:.1f} % |")  # fmt: skip
-    ops_base, ops_pruned = Counter(), Counter()
-    for (op, _), ms in base.items():
-        ops_base[op] += ms
-    for (op, _), ms in pruned.items():
-        ops_pruned[op] += ms
+    ops_base, ops_pruned = _per_op(base), _per_op(pruned)
     print("\n| op | base ms | pruned ms | base / pruned |")
     print("|" + "---|" * 4)
     for op, ms in ops_base.most_common():
@@ -102,8 +103,7 @@ def main() -> None:
     pruned, _ = capl_pruned(base, scores, args.size, args.ratio, args.scope, args.round_to)
     shape = (3, args.size, args.size)
     theoretical = count_conv_linear_macs(base, shape) / count_conv_linear_macs(pruned, shape)
-    rng = np.random.default_rng(0)
-    batch = rng.random((args.batch_size, *shape), dtype=np.float32)
+    batch = make_input(shape, args.batch_size).numpy()  # the benchmark's input
     times: list[Counter] = []
     with tempfile.TemporaryDirectory(prefix="capl-profile-") as tmp:
         for name, model in (("base", base), ("pruned", pruned)):

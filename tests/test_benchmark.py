@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -321,6 +322,17 @@ def test_onnxruntime_sessions_do_not_spin_and_still_compute(tmp_path):
     # ORT's own default, for comparison runs (scripts/bench_ort_spinning.py)
     spinning = ort_session(path, threads=2, spinning=True).get_session_options()
     assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    # profiled: the same settings, and a trace of the nodes it ran (scripts/profile_layers.py)
+    profiled = ort_session(path, threads=2, profile=tmp_path / "trace")
+    assert (
+        profiled.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        == "0"
+    )
+    profiled.run(None, {profiled.get_inputs()[0].name: x.numpy()})
+    trace = Path(profiled.end_profiling())
+    assert trace.parent == tmp_path and trace.name.startswith("trace")
+    ops = {e["args"]["op_name"] for e in json.loads(trace.read_text()) if e.get("cat") == "Node"}
+    assert "Conv" in ops
 
 
 def test_peak_memory_cpu_bounds():

@@ -157,6 +157,7 @@ def ort_session(
     threads: int,
     device: str | torch.device = "cpu",
     spinning: bool = False,
+    profile: str | os.PathLike | None = None,
 ) -> Any:
     """An ONNX Runtime session configured for benchmarking.
 
@@ -171,6 +172,8 @@ def ort_session(
         device: ``"cpu"`` or ``"cuda"``.
         spinning: Let idle intra-op threads spin (ORT's own default; faster alone, unfair when
             several sessions are timed in turn).
+        profile: File prefix for ONNX Runtime's profiler (per-node kernel times of the very
+            session the benchmark times); ``session.end_profiling()`` returns the trace's path.
 
     Returns:
         The ``onnxruntime.InferenceSession``.
@@ -189,6 +192,9 @@ def ort_session(
     options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    if profile is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.fspath(profile)
     providers = ["CPUExecutionProvider"]
     if torch.device(device).type == "cuda":
         if "CUDAExecutionProvider" in ort.get_available_providers():
