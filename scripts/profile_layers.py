@@ -19,7 +19,6 @@ python scripts/profile_layers.py --network mobilenet_v3_large --ratio 0.75
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from collections import Counter
@@ -31,7 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compare_plans import base_and_scores, capl_pruned
 
-from capl.benchmark import count_conv_linear_macs, export_onnx, make_input, ort_session
+from capl.benchmark import (
+    count_conv_linear_macs,
+    export_onnx,
+    make_input,
+    ort_kernel_times,
+    ort_session,
+)
 
 
 def node_times(path: Path, batch: np.ndarray, threads: int, warmup: int, runs: int) -> Counter:
@@ -42,19 +47,10 @@ def node_times(path: Path, batch: np.ndarray, threads: int, warmup: int, runs: i
     session = ort_session(path, threads, profile=path.with_suffix(""))
     for _ in range(warmup + runs):
         session.run(None, {session.get_inputs()[0].name: batch})
-    events = json.loads(Path(session.end_profiling()).read_text())
-    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
-    timed_from = starts[warmup]
     times: Counter = Counter()
-    for event in events:
-        name = event.get("name", "")
-        if (
-            event.get("cat") == "Node"
-            and name.endswith("_kernel_time")
-            and event["ts"] >= timed_from
-        ):
-            key = (event["args"]["op_name"], name.removesuffix("_kernel_time"))
-            times[key] += event["dur"] / 1000 / runs
+    for run in ort_kernel_times(session.end_profiling(), warmup):
+        for key, ms in run.items():
+            times[key] += ms / runs
     return times
 
 

@@ -15,6 +15,7 @@ from capl.models import build_network
 from capl.pruning import PruningConfig, make_plan, prunable_layers
 from capl.pruning import latency_table as lt
 from capl.pruning.latency_table import LatencySpec, LatencyTable, kept_widths
+from capl.pruning.latency_timer import TableTimer
 from capl.pruning.structure import analyse
 
 SIZE = 16
@@ -71,6 +72,11 @@ def test_predict_interpolates_layers_and_scales_the_rest() -> None:
     fused = LatencyTable(settings={}, base_ms=5.0, rest_ms=-5.0, layers=layers)
     assert fused.predict({}) == pytest.approx(5.0)
     assert fused.predict({"a": (3, 6), "b": (6, 6)}) == pytest.approx((3.0 + 2.5) * 5.0 / 10.0)
+    # a kernel-timed table (ONNX Runtime): its rest shrinks with the layers, not the outputs
+    kernels = LatencyTable(settings={"layers_timed": "kernels"}, base_ms=20.0, rest_ms=10.0,
+                           layers=layers)  # fmt: skip
+    assert kernels.predict({}) == pytest.approx(20.0)
+    assert kernels.predict({"a": (3, 6), "b": (6, 6)}) == pytest.approx((3.0 + 2.5) * 20.0 / 10.0)
     # below the grid: linear extrapolation, never negative
     assert table.layer_ms("a", 1, 2) == pytest.approx(0.0)
     assert table.layer_ms("b", 1, 1) == 0.0
@@ -149,3 +155,31 @@ def test_measured_table_is_cached_and_predicts_the_base(tmp_path: Path, monkeypa
     cached.write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable"):
         lt.network_latency_table(model, _x(), spec, 8)
+
+
+def test_onnxruntime_table_times_each_layer_by_its_own_kernels(tmp_path: Path, monkeypatch) -> None:
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    ).eval()  # fmt: skip
+    spec = LatencySpec(backend="onnxruntime", batch_size=2, threads=1, repeats=3)
+    table = lt.network_latency_table(model, _x(), spec, 8)
+    assert table.settings["layers_timed"] == "kernels"
+    assert all(ms > 0 for entry in table.layers.values() for row in entry["ms"] for ms in row)
+    assert table.predict({}) == pytest.approx(table.base_ms)
+    # per timed run, the layer's kernels without ORT's layout reorders; the median of the runs
+    runs = [
+        {("ReorderInput", "r"): 5.0, ("Conv", "c"): 1.0, ("ReorderOutput", "o"): 7.0},
+        {("Conv", "c"): 3.0, ("ReorderOutput", "o"): 9.0},
+        {("Conv", "c"): 1.5, ("Relu", "a"): 0.5},
+    ]
+    seen = {}
+
+    def fake_kernel_times(trace, warmup):
+        seen["warmup"] = warmup
+        return runs
+
+    monkeypatch.setattr("capl.pruning.latency_timer.ort_kernel_times", fake_kernel_times)
+    timer = TableTimer(spec, 1, tmp_path)
+    assert timer.layer(model[2], (16, 32, 32), 16, 8) == pytest.approx(2.0)
+    assert seen["warmup"] == spec.warmup

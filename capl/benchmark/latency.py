@@ -26,6 +26,7 @@ from capl.benchmark.memory import peak_memory
 from capl.benchmark.timers import (
     Timer,
     make_input,
+    ort_kernel_times,
     ort_session,
     ort_timer,
     preserved_mode,
@@ -40,6 +41,7 @@ __all__ = [
     "measure_interleaved",
     "measure_latency_onnxruntime",
     "measure_latency_torch",
+    "ort_kernel_times",
     "ort_session",
     "ort_timer",
     "peak_memory",

@@ -8,11 +8,14 @@ the inputs and deployable models.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -202,6 +205,32 @@ def ort_session(
         else:
             logger.warning("CUDAExecutionProvider unavailable in onnxruntime; timing on CPU")
     return ort.InferenceSession(os.fspath(onnx_path), options, providers=providers)
+
+
+def ort_kernel_times(
+    trace: str | os.PathLike, warmup: int = 0
+) -> list[dict[tuple[str, str], float]]:
+    """Per run in an ONNX Runtime profile, the kernel milliseconds of each node.
+
+    Args:
+        trace: The file ``session.end_profiling()`` returned (see :func:`ort_session`).
+        warmup: Runs at the start to leave out.
+
+    Returns:
+        One ``{(op type, node name): ms}`` per run after the warm-up, in run order.
+    """
+    events = json.loads(Path(trace).read_text())
+    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    runs: list[dict[tuple[str, str], float]] = [{} for _ in starts[warmup:]]
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        index = bisect.bisect_right(starts, event["ts"]) - 1 - warmup
+        if index >= 0:
+            key = (event["args"]["op_name"], name.removesuffix("_kernel_time"))
+            runs[index][key] = runs[index].get(key, 0.0) + event["dur"] / 1000.0
+    return runs
 
 
 @contextlib.contextmanager

@@ -1,0 +1,107 @@
+"""Timing for latency tables: single layers and the whole network on the table's backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from capl.benchmark import (
+    export_onnx,
+    make_input,
+    ort_kernel_times,
+    ort_session,
+    ort_timer,
+    torch_timer,
+)
+
+if TYPE_CHECKING:
+    from capl.pruning.latency_table import LatencySpec
+
+_LAYOUT_OPS = ("Reorder", "Memcpy")  # ORT's layout and host-device copies, not the layer's work
+
+
+class TableTimer:
+    """Median latency of single layers and of the whole network on the spec's backend.
+
+    On ONNX Runtime a single layer's latency is its own kernels' time from ORT's profiler
+    (layout reorders and copies left out); the whole network and torch are timed by the clock.
+    """
+
+    def __init__(self, spec: LatencySpec, threads: int, workdir: Path) -> None:
+        """Time with ``spec``'s backend, batch size and device on ``threads`` threads.
+
+        Args:
+            spec: The table's backend, batch size, device, warm-up and repeats.
+            threads: Intra-op threads.
+            workdir: Folder for the ONNX files of the timed layers.
+        """
+        self.spec, self.threads, self.workdir = spec, threads, workdir
+        self.count = 0
+
+    def layer(self, module: nn.Module, shape: tuple[int, ...], inp: int, out: int) -> float:
+        """Milliseconds of a fresh copy of ``module`` with ``inp`` inputs and ``out`` outputs.
+
+        Args:
+            module: The network's Conv2d or Linear (its settings are copied, not its weights).
+            shape: Its input shape in the network, without the batch dimension.
+            inp: Kept input channels.
+            out: Kept output channels.
+        """
+        torch.manual_seed(0)
+        if isinstance(module, nn.Conv2d):
+            depthwise = module.groups == module.in_channels == module.out_channels > 1
+            groups = out if depthwise else module.groups
+            layer: nn.Module = nn.Conv2d(
+                inp, out, module.kernel_size, module.stride, module.padding, module.dilation,
+                groups, module.bias is not None, module.padding_mode,
+            )  # fmt: skip
+        else:
+            layer = nn.Linear(inp, out, module.bias is not None)
+        return self._time(layer.eval(), (inp, *shape[1:]))
+
+    def network(self, model: nn.Module, shape: tuple[int, ...]) -> float:
+        """Milliseconds of the whole ``model`` at input ``shape`` (without the batch)."""
+        return self._time(model, tuple(shape), exporter=self.spec.exporter, alone=False)
+
+    def _time(
+        self,
+        net: nn.Module,
+        shape: tuple[int, ...],
+        exporter: str = "torchscript",
+        alone: bool = True,
+    ) -> float:
+        spec = self.spec
+        if spec.backend == "torch":
+            timer = torch_timer(net, shape, spec.batch_size, spec.device, threads=self.threads)
+        else:
+            self.count += 1
+            path = self.workdir / f"layer{self.count}.onnx"
+            export_onnx(net, path, shape, exporter=exporter)  # type: ignore[arg-type]
+            if alone:
+                return self._kernels_ms(path, shape)
+            timer = ort_timer(path, shape, spec.batch_size, self.threads, spec.device)
+        with timer as (step, _):
+            for _ in range(spec.warmup):
+                step()
+            times = sorted(step() for _ in range(spec.repeats))
+        return float(times[len(times) // 2])
+
+    def _kernels_ms(self, path: Path, shape: tuple[int, ...]) -> float:
+        # ORT wraps a lone conv in layout reorders (NCHW <-> its blocked NCHWc) that cost as
+        # much as the conv at wide, high-resolution shapes; inside the network most tensors
+        # stay blocked, so timing them made narrow plans look slow (predicted 3.1x against a
+        # measured 3.9x for MobileNetV3-L cut 4x). The reorders the network does keep are
+        # in the whole network's measured time, and so in rest_ms.
+        spec = self.spec
+        session = ort_session(path, self.threads, spec.device, profile=path.with_suffix(""))
+        feed = {session.get_inputs()[0].name: make_input(shape, spec.batch_size).numpy()}
+        for _ in range(spec.warmup + spec.repeats):
+            session.run(None, feed)
+        runs = ort_kernel_times(session.end_profiling(), spec.warmup)
+        times = sorted(
+            sum(ms for (op, _), ms in run.items() if not op.startswith(_LAYOUT_OPS)) for run in runs
+        )
+        return float(times[len(times) // 2])
