@@ -15,7 +15,7 @@ from capl.models import build_network
 from capl.pruning import PruningConfig, make_plan, prunable_layers
 from capl.pruning import latency_table as lt
 from capl.pruning.latency_table import LatencySpec, LatencyTable, kept_widths
-from capl.pruning.latency_timer import TableTimer
+from capl.pruning.latency_timer import TableTimer, layers_timed
 from capl.pruning.structure import analyse
 
 SIZE = 16
@@ -179,6 +179,9 @@ def test_onnxruntime_table_times_each_layer_by_its_own_kernels(tmp_path: Path, m
         seen["warmup"] = warmup
         return runs
 
+    # ORT's profiler times CUDA nodes by their launch: only the CPU is timed by kernels
+    assert layers_timed(LatencySpec(backend="onnxruntime", device="cuda")) == "wall clock"
+    assert layers_timed(LatencySpec(backend="torch")) == "wall clock"
     monkeypatch.setattr("capl.pruning.latency_timer.ort_kernel_times", fake_kernel_times)
     timer = TableTimer(spec, 1, tmp_path)
     assert timer.layer(model[2], (16, 32, 32), 16, 8) == pytest.approx(2.0)

@@ -2,12 +2,13 @@
 
 A :class:`LatencyTable` holds, for every Conv2d / Linear of one network at one input size, the
 latency of that layer alone measured on a grid of kept input x output widths on one backend,
-batch size and thread count (on ONNX Runtime, the layer's own kernel time, without the layout
-reorders ORT puts around a lone layer), plus the latency of the whole unpruned network. A
-pruned network is predicted as the sum of its layers' latencies (bilinear in the kept widths),
-calibrated to the measured whole (see :meth:`LatencyTable.predict`). Identical layers (same
-shapes, stride, groups and input size) are measured once. Tables are measured once per network
-x input size x backend x batch size x threads and kept as JSON in a cache folder.
+batch size and thread count (on ONNX Runtime on the CPU, the layer's own kernel time, without
+the layout reorders ORT puts around a lone layer), plus the latency of the whole unpruned
+network. A pruned network is predicted as the sum of its layers' latencies (bilinear in the
+kept widths), calibrated to the measured whole (see :meth:`LatencyTable.predict`). Identical
+layers (same shapes, stride, groups and input size) are measured once. Tables are measured
+once per network x input size x backend x batch size x threads and kept as JSON in a cache
+folder.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch import nn
 
 from capl.errors import ConfigError
 from capl.io import write_json_atomic
-from capl.pruning.latency_timer import TableTimer
+from capl.pruning.latency_timer import TableTimer, layers_timed
 from capl.pruning.plan_format import fingerprint
 from capl.pruning.structure import IN, OUT, Structure, analyse
 
@@ -268,7 +269,7 @@ def _settings(
         "fractions": list(FRACTIONS),
         "warmup": spec.warmup,
         "repeats": spec.repeats,
-        "layers_timed": "kernels" if spec.backend == "onnxruntime" else "wall clock",
+        "layers_timed": layers_timed(spec),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
     }

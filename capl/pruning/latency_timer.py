@@ -23,11 +23,21 @@ if TYPE_CHECKING:
 _LAYOUT_OPS = ("Reorder", "Memcpy")  # ORT's layout and host-device copies, not the layer's work
 
 
+def layers_timed(spec: LatencySpec) -> str:
+    """How a table for ``spec`` times a single layer: ``"kernels"`` or ``"wall clock"``.
+
+    ORT's profiler times CUDA nodes by their launch, not their run, so only ONNX Runtime on the
+    CPU is timed by its kernels.
+    """
+    kernels = spec.backend == "onnxruntime" and torch.device(spec.device).type == "cpu"
+    return "kernels" if kernels else "wall clock"
+
+
 class TableTimer:
     """Median latency of single layers and of the whole network on the spec's backend.
 
-    On ONNX Runtime a single layer's latency is its own kernels' time from ORT's profiler
-    (layout reorders and copies left out); the whole network and torch are timed by the clock.
+    On ONNX Runtime on the CPU a single layer's latency is its own kernels' time from ORT's
+    profiler (layout reorders and copies left out); everything else is timed by the clock.
     """
 
     def __init__(self, spec: LatencySpec, threads: int, workdir: Path) -> None:
@@ -80,7 +90,7 @@ class TableTimer:
             self.count += 1
             path = self.workdir / f"layer{self.count}.onnx"
             export_onnx(net, path, shape, exporter=exporter)  # type: ignore[arg-type]
-            if alone:
+            if alone and layers_timed(spec) == "kernels":
                 return self._kernels_ms(path, shape)
             timer = ort_timer(path, shape, spec.batch_size, self.threads, spec.device)
         with timer as (step, _):
