@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compare_plans import base_and_scores
 
-from capl.benchmark import export_onnx, make_input, ort_kernel_times, ort_session
+from capl.benchmark import export_onnx, measure_latency_onnxruntime, profiled_runs
 from capl.criteria import get_criterion
 from capl.pruning import PruningConfig, make_plan
 from capl.pruning.latency_table import LatencySpec, network_latency_table
@@ -54,23 +54,18 @@ def predicted(network: str, size: int, tables: int) -> None:
 def lone_layer(inputs: int, outputs: int, size: int, runs: int = 10, warmup: int = 3) -> None:
     """One lone 1x1 conv at bs32: clock time and ORT's kernels (medians over ``runs``)."""
     torch.manual_seed(0)
+    shape = (inputs, size, size)
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(nn.Conv2d(inputs, outputs, 1).eval(), Path(tmp) / "c.onnx",
-                           (inputs, size, size))["path"]  # fmt: skip
-        session = ort_session(path, 1, profile=Path(tmp) / "trace")
-        feed = {session.get_inputs()[0].name: make_input((inputs, size, size), 32).numpy()}
-        clock = []
-        for _ in range(warmup + runs):
-            start = time.perf_counter()
-            session.run(None, feed)
-            clock.append((time.perf_counter() - start) * 1000)
+        path = export_onnx(nn.Conv2d(inputs, outputs, 1).eval(), Path(tmp) / "c.onnx", shape)
+        clock = measure_latency_onnxruntime(path["path"], shape, 32, 1, warmup=warmup,
+                                            repeats=runs, min_time_s=0.0)  # fmt: skip
         per_op: dict[str, list[float]] = {}
-        for run in ort_kernel_times(session.end_profiling(), warmup):
+        for run in profiled_runs(path["path"], shape, 32, 1, warmup=warmup, runs=runs):
             for (op, _), ms in run.items():
                 per_op.setdefault(op, []).append(ms)
     kernels = ", ".join(f"{op} {statistics.median(v):.1f} ms" for op, v in per_op.items())
     print(f"lone 1x1 conv {inputs} -> {outputs} at {size}x{size}, bs32: clock "
-          f"{statistics.median(clock[warmup:]):.1f} ms; kernels: {kernels}")  # fmt: skip
+          f"{clock['median_ms']:.1f} ms; kernels: {kernels}")  # fmt: skip
 
 
 def main() -> None:

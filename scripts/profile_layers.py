@@ -24,8 +24,6 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compare_plans import base_and_scores, capl_pruned
@@ -33,24 +31,22 @@ from compare_plans import base_and_scores, capl_pruned
 from capl.benchmark import (
     count_conv_linear_macs,
     export_onnx,
-    make_input,
-    ort_kernel_times,
-    ort_session,
+    profiled_runs,
 )
 
 
-def node_times(path: Path, batch: np.ndarray, threads: int, warmup: int, runs: int) -> Counter:
+def node_times(path: Path, shape: tuple[int, ...], args: argparse.Namespace) -> Counter:
     """Milliseconds per run of each ONNX Runtime node (kernel time), warm-up runs left out.
 
-    The session is the benchmark's own (:func:`capl.benchmark.ort_session`), profiled.
+    The session is the benchmark's own (:func:`capl.benchmark.profiled_runs`), on its input.
     """
-    session = ort_session(path, threads, profile=path.with_suffix(""))
-    for _ in range(warmup + runs):
-        session.run(None, {session.get_inputs()[0].name: batch})
+    runs = profiled_runs(
+        path, shape, args.batch_size, args.threads, warmup=args.warmup, runs=args.runs
+    )
     times: Counter = Counter()
-    for run in ort_kernel_times(session.end_profiling(), warmup):
+    for run in runs:
         for key, ms in run.items():
-            times[key] += ms / runs
+            times[key] += ms / args.runs
     return times
 
 
@@ -99,13 +95,12 @@ def main() -> None:
     pruned, _ = capl_pruned(base, scores, args.size, args.ratio, args.scope, args.round_to)
     shape = (3, args.size, args.size)
     theoretical = count_conv_linear_macs(base, shape) / count_conv_linear_macs(pruned, shape)
-    batch = make_input(shape, args.batch_size).numpy()  # the benchmark's input
     times: list[Counter] = []
     with tempfile.TemporaryDirectory(prefix="capl-profile-") as tmp:
         for name, model in (("base", base), ("pruned", pruned)):
             path = Path(tmp) / f"{name}.onnx"
             export_onnx(model, path, shape, exporter="torchscript")
-            times.append(node_times(path, batch, args.threads, args.warmup, args.runs))
+            times.append(node_times(path, shape, args))
     print(f"{args.network} at {args.size}, capl L1Norm {args.scope} ratio {args.ratio} (MACs "
           f"{theoretical:.2f}x fewer); ONNX Runtime bs{args.batch_size}, {args.threads} "
           f"thread(s), {args.runs} profiled runs after {args.warmup}\n")  # fmt: skip

@@ -32,6 +32,7 @@ from capl.benchmark import (
     peak_memory,
     per_layer_diff,
     profile_model,
+    profiled_runs,
     realised,
     sparse_decode,
     sparse_encode,
@@ -333,16 +334,21 @@ def test_onnxruntime_sessions_do_not_spin_and_still_compute(tmp_path):
         profiled.run(None, {profiled.get_inputs()[0].name: x.numpy()})
     trace = Path(profiled.end_profiling())
     assert trace.parent == tmp_path and trace.name.startswith("trace")
-    ops = {e["args"]["op_name"] for e in json.loads(trace.read_text()) if e.get("cat") == "Node"}
+    events = json.loads(trace.read_text())
+    ops = {e["args"]["op_name"] for e in events if e.get("cat") == "Node"}
     assert "Conv" in ops
     # per run after the warm-up, each node's kernel time, within that run's own duration
-    events = json.loads(trace.read_text())
     run_ms = sorted((e["ts"], e["dur"] / 1000) for e in events if e.get("name") == "model_run")
     runs = ort_kernel_times(trace, warmup=1)
     assert len(runs) == 2
     for run, (_, total) in zip(runs, run_ms[1:]):
         assert any(op == "Conv" for op, _ in run) and all(ms >= 0 for ms in run.values())
         assert 0 < sum(run.values()) <= total
+    # the same from a fresh profiled session on the seeded input; its trace is not left behind
+    before = set(tmp_path.iterdir())
+    fresh = profiled_runs(path, (3, 16, 16), 3, threads=1, warmup=1, runs=2)
+    assert len(fresh) == 2 and all(any(op == "Conv" for op, _ in run) for run in fresh)
+    assert set(tmp_path.iterdir()) == before
 
 
 def test_peak_memory_cpu_bounds():

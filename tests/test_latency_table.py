@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -173,16 +174,19 @@ def test_onnxruntime_table_times_each_layer_by_its_own_kernels(tmp_path: Path, m
         {("Conv", "c"): 3.0, ("ReorderOutput", "o"): 9.0},
         {("Conv", "c"): 1.5, ("Relu", "a"): 0.5},
     ]
-    seen = {}
+    seen: dict[str, Any] = {"calls": 0}
 
-    def fake_kernel_times(trace, warmup):
-        seen["warmup"] = warmup
+    def fake_profiled_runs(path, shape, batch_size, threads, device, warmup, repeats):
+        seen.update(calls=seen["calls"] + 1, warmup=warmup, shape=shape, batch=batch_size)
         return runs
 
     # ORT's profiler times CUDA nodes by their launch: only the CPU is timed by kernels
     assert layers_timed(LatencySpec(backend="onnxruntime", device="cuda")) == "wall clock"
     assert layers_timed(LatencySpec(backend="torch")) == "wall clock"
-    monkeypatch.setattr("capl.pruning.latency_timer.ort_kernel_times", fake_kernel_times)
+    monkeypatch.setattr("capl.pruning.latency_timer.profiled_runs", fake_profiled_runs)
     timer = TableTimer(spec, 1, tmp_path)
     assert timer.layer(model[2], (16, 32, 32), 16, 8) == pytest.approx(2.0)
     assert seen["warmup"] == spec.warmup
+    assert seen["shape"] == (16, 32, 32) and seen["batch"] == spec.batch_size
+    # the whole network is timed by the clock: what the layers miss is in it
+    assert timer.network(model, (3, 32, 32)) > 0 and seen["calls"] == 1

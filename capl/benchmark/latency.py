@@ -30,6 +30,7 @@ from capl.benchmark.timers import (
     ort_session,
     ort_timer,
     preserved_mode,
+    profiled_runs,
     torch_timer,
 )
 
@@ -46,6 +47,7 @@ __all__ = [
     "ort_timer",
     "peak_memory",
     "preserved_mode",
+    "profiled_runs",
     "torch_timer",
 ]
 

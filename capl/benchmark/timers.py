@@ -233,6 +233,40 @@ def ort_kernel_times(
     return runs
 
 
+def profiled_runs(
+    onnx_path: str | os.PathLike,
+    input_shape: tuple[int, ...],
+    batch_size: int = 1,
+    threads: int = 1,
+    device: str | torch.device = "cpu",
+    warmup: int = 0,
+    runs: int = 10,
+) -> list[dict[tuple[str, str], float]]:
+    """Run a profiled benchmark session (:func:`ort_session`) on the seeded input.
+
+    Args:
+        onnx_path: The ``.onnx`` file; the profiler's trace is written beside it, then deleted.
+        input_shape: ``(C, H, W)`` of one image.
+        batch_size: Images per run.
+        threads: Intra-op threads.
+        device: ``"cpu"`` or ``"cuda"`` (on CUDA the profiler times a node's launch).
+        warmup: Runs first, left out.
+        runs: Runs profiled.
+
+    Returns:
+        :func:`ort_kernel_times` of the ``runs`` after the warm-up.
+    """
+    session = ort_session(onnx_path, threads, device, profile=Path(onnx_path).with_suffix(""))
+    feed = {session.get_inputs()[0].name: make_input(input_shape, batch_size).numpy()}
+    for _ in range(warmup + runs):
+        session.run(None, feed)
+    trace = Path(session.end_profiling())
+    try:
+        return ort_kernel_times(trace, warmup)
+    finally:
+        trace.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def ort_timer(
     onnx_path: str | os.PathLike,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,10 +11,8 @@ from torch import nn
 
 from capl.benchmark import (
     export_onnx,
-    make_input,
-    ort_kernel_times,
-    ort_session,
     ort_timer,
+    profiled_runs,
     torch_timer,
 )
 
@@ -49,6 +48,7 @@ class TableTimer:
             workdir: Folder for the ONNX files of the timed layers.
         """
         self.spec, self.threads, self.workdir = spec, threads, workdir
+        self.kernels = layers_timed(spec) == "kernels"
         self.count = 0
 
     def layer(self, module: nn.Module, shape: tuple[int, ...], inp: int, out: int) -> float:
@@ -70,18 +70,18 @@ class TableTimer:
             )  # fmt: skip
         else:
             layer = nn.Linear(inp, out, module.bias is not None)
-        return self._time(layer.eval(), (inp, *shape[1:]))
+        return self._time(layer.eval(), (inp, *shape[1:]), kernels=self.kernels)
 
     def network(self, model: nn.Module, shape: tuple[int, ...]) -> float:
         """Milliseconds of the whole ``model`` at input ``shape`` (without the batch)."""
-        return self._time(model, tuple(shape), exporter=self.spec.exporter, alone=False)
+        return self._time(model, tuple(shape), exporter=self.spec.exporter)
 
     def _time(
         self,
         net: nn.Module,
         shape: tuple[int, ...],
         exporter: str = "torchscript",
-        alone: bool = True,
+        kernels: bool = False,
     ) -> float:
         spec = self.spec
         if spec.backend == "torch":
@@ -90,14 +90,13 @@ class TableTimer:
             self.count += 1
             path = self.workdir / f"layer{self.count}.onnx"
             export_onnx(net, path, shape, exporter=exporter)  # type: ignore[arg-type]
-            if alone and layers_timed(spec) == "kernels":
+            if kernels:
                 return self._kernels_ms(path, shape)
             timer = ort_timer(path, shape, spec.batch_size, self.threads, spec.device)
         with timer as (step, _):
             for _ in range(spec.warmup):
                 step()
-            times = sorted(step() for _ in range(spec.repeats))
-        return float(times[len(times) // 2])
+            return statistics.median_high(step() for _ in range(spec.repeats))
 
     def _kernels_ms(self, path: Path, shape: tuple[int, ...]) -> float:
         # ORT wraps a lone conv in layout reorders (NCHW <-> its blocked NCHWc) that cost as
@@ -106,12 +105,9 @@ class TableTimer:
         # measured 3.9x for MobileNetV3-L cut 4x). The reorders the network does keep are
         # in the whole network's measured time, and so in rest_ms.
         spec = self.spec
-        session = ort_session(path, self.threads, spec.device, profile=path.with_suffix(""))
-        feed = {session.get_inputs()[0].name: make_input(shape, spec.batch_size).numpy()}
-        for _ in range(spec.warmup + spec.repeats):
-            session.run(None, feed)
-        runs = ort_kernel_times(session.end_profiling(), spec.warmup)
-        times = sorted(
+        runs = profiled_runs(
+            path, shape, spec.batch_size, self.threads, spec.device, spec.warmup, spec.repeats
+        )
+        return statistics.median_high(
             sum(ms for (op, _), ms in run.items() if not op.startswith(_LAYOUT_OPS)) for run in runs
         )
-        return float(times[len(times) // 2])
