@@ -70,11 +70,13 @@ class BenchmarkCallback(Callback):
         exporter: ONNX exporter: ``auto`` (dynamo, falling back to TorchScript), ``dynamo`` or
             ``torchscript`` (several times faster to export; fails on some adaptive pools).
         rounds: The base and the pruned model are timed in this many alternating rounds (ABBA
-            order), so changes in machine load hit both alike. The defaults (3 warm-up runs, 24
-            timed runs in 6 rounds, at least 1 s per model) time ResNet-18 at 224 x 224 and
-            batch 32 about as long as 4 rounds of 20 did, with more rounds to pair the models
-            across changes of load (benchmarks/efficiency.md); every latency carries ``busy``
-            when its rounds still disagree.
+            order), so changes in machine load hit both alike; ``None`` (the default): one
+            round per timed run, which spreads each model's runs evenly over the measurement
+            and halved the spread of speed-ups against 6 rounds on a noisy VM
+            (``scripts/bench_interleaving.py``, benchmarks/efficiency.md). The defaults (3
+            warm-up runs, 24 timed runs, at least 1 s per model) time ResNet-18 at 224 x 224
+            and batch 32 about as long as 4 rounds of 20 did; every latency carries ``busy``
+            when its rounds (judged in at most six groups of consecutive rounds) disagree.
         input_size: ``[C, H, W]`` at which MACs, latency and memory are measured (e.g. the
             deployment resolution ``[3, 224, 224]``); default the dataset's input shape.
             Accuracy is always measured on the dataset's images. Both shapes are recorded under
@@ -104,7 +106,7 @@ class BenchmarkCallback(Callback):
         output: str | None = None,
         run_name: str | None = None,
         exporter: Literal["auto", "dynamo", "torchscript"] = "auto",
-        rounds: int = 6,
+        rounds: int | None = None,
         input_size: list[int] | None = None,
         base_cache: str | None = None,
         latency: Literal["paired", "deferred"] = "paired",
@@ -134,8 +136,10 @@ class BenchmarkCallback(Callback):
         self.output = output
         self.run_name = run_name
         self.exporter = exporter
-        if rounds < 1:
-            raise ConfigError(f"rounds must be >= 1, got {rounds}")
+        if rounds is not None and rounds < 1:
+            raise ConfigError(
+                f"rounds must be >= 1 (or null: one round per timed run), got {rounds}"
+            )
         self.rounds = rounds
         if input_size is not None and (
             len(input_size) != 3 or any(isinstance(v, bool) or int(v) < 1 for v in input_size)

@@ -314,10 +314,11 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["onnxruntime", "torch"])
     parser.add_argument("--threads", type=int, default=1)
     # 6 runs in 3 rounds moved a MobileNetV3-L cell by up to 0.27 between identical runs on a
-    # noisy 2-core VM (benchmarks/efficiency.md); these are the settings of its rerun
+    # noisy 2-core VM (benchmarks/efficiency.md); these are the settings of its rerun, with the
+    # rounds of measure_interleaved's default (one per timed run) since bench_interleaving.py
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=12, help="timed runs per model per cell")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=None, help="default: one per timed run")
     parser.add_argument("--images", type=int, default=8, help="random calibration images")
     parser.add_argument("--batch", type=int, default=8, help="calibration batch size")
     parser.add_argument(

@@ -208,6 +208,9 @@ def test_bad_stage_options_are_one_line_errors() -> None:
         PruningCallback(L1Norm(), bn_recalibration=-1)
     with pytest.raises(ConfigError, match=r"input_size must be \[C, H, W\]"):
         BenchmarkCallback(input_size=[32, 32])
+    with pytest.raises(ConfigError, match=r"rounds must be >= 1 \(or null"):
+        BenchmarkCallback(rounds=0)
+    assert BenchmarkCallback().rounds is None  # one alternating round per timed run
 
 
 def test_aux_heads_train_with_weighted_aux_loss() -> None:

@@ -4,7 +4,8 @@ Timing protocol, shared by both backends: identical seeded inputs (:func:`make_i
 ``warmup`` untimed runs, then timed runs until *both* ``repeats`` runs and ``min_time_s``
 seconds have been collected, so the median is stable for fast and slow models alike. Every
 summary says whether it can be trusted: ``busy`` is set when the medians of its rounds (or of
-consecutive chunks) spread by more than 20 % or its p90 exceeds 1.5x the median.
+consecutive chunks; at most six groups of consecutive rounds) spread by more than 20 % or its
+p90 exceeds 1.5x the median.
 
 The timers themselves live in :mod:`capl.benchmark.timers` and peak memory in
 :mod:`capl.benchmark.memory`; their public names are re-exported here.
@@ -59,6 +60,7 @@ BUSY_P90_OVER_MEDIAN = 1.5
 """A latency is also flagged ``busy`` when its 90th percentile exceeds the median by this factor: a
 long tail of runs that waited for the CPU."""
 _CHUNKS = 4  # a single measurement is judged by the medians of this many consecutive chunks
+_ROUND_GROUPS = 6  # interleaved rounds are judged in at most this many consecutive groups
 
 
 def _summary(times_ms: list[float], rounds: list[list[float]] | None = None) -> dict[str, Any]:
@@ -66,8 +68,9 @@ def _summary(times_ms: list[float], rounds: list[list[float]] | None = None) -> 
 
     Args:
         times_ms: Every timed run.
-        rounds: The same runs per alternating round; ``None`` splits ``times_ms`` into
-            consecutive chunks instead.
+        rounds: The same runs per alternating round, merged into at most six groups of
+            consecutive rounds (a round of one run is no median to judge by); ``None`` splits
+            ``times_ms`` into consecutive chunks instead.
     """
     arr = np.asarray(times_ms, dtype=np.float64)
     median = float(statistics.median(times_ms))
@@ -75,6 +78,9 @@ def _summary(times_ms: list[float], rounds: list[list[float]] | None = None) -> 
     if rounds is None:
         chunks = max(1, min(_CHUNKS, len(times_ms) // 2))
         rounds = [list(part) for part in np.array_split(arr, chunks)]
+    elif len(rounds) > _ROUND_GROUPS:
+        groups = np.array_split(np.arange(len(rounds)), _ROUND_GROUPS)
+        rounds = [[ms for i in group for ms in rounds[i]] for group in groups]
     round_medians = [float(statistics.median(r)) for r in rounds if len(r)]
     spread = (max(round_medians) - min(round_medians)) / median if median > 0 else 0.0
     tail = p90 / median if median > 0 else 1.0
@@ -160,28 +166,34 @@ def measure_interleaved(
     warmup: int = 10,
     repeats: int = 50,
     min_time_s: float = 1.0,
-    rounds: int = 4,
+    rounds: int | None = None,
 ) -> list[dict[str, Any]]:
     """Time several models in alternating rounds, so load changes hit them all alike.
 
     Comparing a base and a pruned model measured minutes apart on a shared machine mixes
     the speed-up with the machine's mood; here every round times each model in turn (order
     reversed every other round: A B B A ...), each round taking its share of ``repeats`` and
-    ``min_time_s``, and each model's summary is over all its rounds.
+    ``min_time_s``, and each model's summary is over all its rounds. The default, one round
+    per timed run, spreads each model's runs evenly over the measurement: on a VM with slow
+    phases of a few seconds, identical copies of MobileNetV3-Large timed this way gave
+    speed-ups with less than half the spread of 6 rounds of 2 runs each
+    (``scripts/bench_interleaving.py``, benchmarks/efficiency.md).
 
     Args:
         timers: One :func:`torch_timer` / :func:`ort_timer` per model (not yet entered).
         warmup: Untimed runs of each model first.
         repeats: Minimum timed runs per model in total.
         min_time_s: Minimum timed seconds per model in total.
-        rounds: Number of alternating rounds.
+        rounds: Number of alternating rounds; ``None``: ``repeats`` (one timed run per model
+            per round, more where ``min_time_s`` asks for them).
 
     Returns:
         One summary per timer (as :func:`measure_latency_torch` returns, ``round_medians_ms``
-        per alternating round), plus ``rounds`` and ``interleaved_models`` (how many models
-        shared the rounds).
+        per alternating round, or per group of consecutive rounds when there are more than
+        six), plus ``rounds`` and ``interleaved_models`` (how many models shared the rounds).
     """
     _check_protocol(warmup, repeats, min_time_s)
+    rounds = repeats if rounds is None else rounds
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     with contextlib.ExitStack() as stack:

@@ -305,7 +305,7 @@ def paired_latency(
     repeats: int = 50,
     min_time_s: float = 1.0,
     seed: int = 0,
-    rounds: int = 4,
+    rounds: int | None = None,
 ) -> list[dict[str, dict[str, Any]]]:
     """Latency of several models measured together (interleaved rounds, identical inputs).
 
@@ -327,7 +327,8 @@ def paired_latency(
             step += 1
             logger.info(
                 "latency %d/%d: %s bs%d, %d models in %d alternating rounds (elapsed %.0fs)",
-                step, total, backend, batch, len(models), rounds, time.perf_counter() - start,
+                step, total, backend, batch, len(models), rounds or repeats,
+                time.perf_counter() - start,
             )  # fmt: skip
             if backend == "torch":
                 timers = [
