@@ -595,24 +595,8 @@ def test_measure_interleaved_alternates_models_and_summarises_each() -> None:
     assert [r["median_ms"] for r in results] == [2.0, 5.0]
     assert [r["repeats"] for r in results] == [4, 4]
     assert [r["backend"] for r in results] == ["a", "b"] and results[0]["rounds"] == 2
-
-
-def test_measure_interleaved_defaults_to_one_round_per_timed_run() -> None:
-    """Each model's runs spread evenly over the measurement: A B, B A, A B, B A."""
-    import contextlib
-
-    from capl.benchmark import measure_interleaved
-
-    calls: list[str] = []
-
-    @contextlib.contextmanager
-    def fake_timer(name: str, ms: float):
-        def step() -> float:
-            calls.append(name)
-            return ms
-
-        yield step, {}
-
+    # the default: one round per timed run, each model's runs spread evenly (A B, B A, ...)
+    calls.clear()
     results = measure_interleaved(
         [fake_timer("a", 2.0), fake_timer("b", 5.0)], warmup=0, repeats=4, min_time_s=0
     )
@@ -625,30 +609,6 @@ def test_measure_interleaved_defaults_to_one_round_per_timed_run() -> None:
     )
     assert fast["repeats"] == 15 and slow["repeats"] == 3
     assert calls[:6] == ["a"] * 5 + ["b"]
-
-
-def test_busy_judges_many_rounds_in_six_groups_of_consecutive_rounds() -> None:
-    import contextlib
-
-    from capl.benchmark import measure_interleaved
-
-    @contextlib.contextmanager
-    def timer(times: list[float]):
-        queue = iter(times)
-        yield (lambda: next(queue)), {}
-
-    one_slow_run = [10.0] * 5 + [17.0] + [10.0] * 18
-    slow_phase = [10.0] * 8 + [17.0] * 4 + [10.0] * 12
-    calm, phase = measure_interleaved(
-        [timer(one_slow_run), timer(slow_phase)], warmup=0, repeats=24, min_time_s=0
-    )
-    assert calm["rounds"] == 24 and len(calm["round_medians_ms"]) == 6
-    # groups of four single-run rounds: one slow run leaves its group's median at 10 ms
-    assert calm["round_medians_ms"] == [10.0] * 6 and not calm["busy"]
-    assert phase["round_medians_ms"] == [10.0, 10.0, 17.0, 10.0, 10.0, 10.0] and phase["busy"]
-    # six rounds or fewer are judged as they are
-    few = measure_interleaved([timer([10.0, 11.0, 12.0])], warmup=0, repeats=3, min_time_s=0)
-    assert few[0]["round_medians_ms"] == [10.0, 11.0, 12.0]
 
 
 def test_latency_flags_a_busy_machine() -> None:
@@ -684,6 +644,16 @@ def test_latency_flags_a_busy_machine() -> None:
     assert not _summary([5.0] * 12)["busy"]
     jump = _summary([5.0] * 6 + [9.0] * 6)
     assert len(jump["round_medians_ms"]) == 4 and jump["busy"]
+    # many rounds (the default: one per timed run) are judged in six groups of consecutive rounds
+    one_slow_run = [10.0] * 5 + [17.0] + [10.0] * 18
+    slow_phase = [10.0] * 8 + [17.0] * 4 + [10.0] * 12
+    calm, phase = measure_interleaved(
+        [timer(one_slow_run), timer(slow_phase)], warmup=0, repeats=24, min_time_s=0
+    )
+    assert calm["rounds"] == 24 and len(calm["round_medians_ms"]) == 6
+    # groups of four single-run rounds: one slow run leaves its group's median at 10 ms
+    assert calm["round_medians_ms"] == [10.0] * 6 and not calm["busy"]
+    assert phase["round_medians_ms"] == [10.0, 10.0, 17.0, 10.0, 10.0, 10.0] and phase["busy"]
 
 
 def test_profile_model_without_latency_exports_onnx_for_paired_timing(tmp_path) -> None:
