@@ -1,14 +1,15 @@
 """How much does a speed-up move with the interleaving of its rounds? (run by hand)
 
 Identical copies are the test: the base network and capl's L1Norm layer plans at 2x and 4x
-fewer MACs (``target: macs``, ImageNet stem, untrained seeded weights, as
-``scripts/bench_efficiency.py`` builds them) are exported once, and each ONNX file is opened in
-several ONNX Runtime sessions. All sessions are timed together with
-:func:`capl.benchmark.measure_interleaved`, like the models of one efficiency cell. Every
-(base copy, pruned copy) pair then estimates the same speed-up, so the spread of those estimates
-within one measurement, and of their medians between measurements, is the timing protocol's
-own error. Each ``--rounds`` setting (``0`` stands for the default: one round per timed run) is
-measured ``--runs`` times, alternating, with the same ``--repeats`` timed runs per session.
+fewer MACs (``target: macs``, ImageNet stem, untrained seeded weights; built by
+``scripts/compare_plans.py`` as ``scripts/bench_efficiency.py`` builds them) are exported once,
+and each ONNX file is opened in several ONNX Runtime sessions. All sessions are timed together
+with :func:`capl.benchmark.measure_interleaved`, like the models of one efficiency cell. Every
+(base copy, pruned copy) pair then estimates the same speed-up, so the spread of those
+estimates within one measurement, and of their medians between measurements, is the timing
+protocol's own error. Each ``--rounds`` setting (``0`` stands for the default: one round per
+timed run) is measured ``--runs`` times, alternating, with the same ``--repeats`` timed runs
+per session.
 
 For each setting and cut it prints, over every pair of every run, the range and the standard
 deviation over the median of the speed-up (ratio of median latencies) and of the ratio of the
@@ -20,7 +21,6 @@ python scripts/bench_interleaving.py --network mobilenet_v3_large --rounds 6 0 -
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
@@ -33,27 +33,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_efficiency import CLASSES, calibration
+from compare_plans import base_and_scores, capl_pruned
 
 from capl.benchmark import environment_info, export_onnx, measure_interleaved, ort_timer
-from capl.criteria import get_criterion
-from capl.models import build_network
-from capl.pruning import PruningConfig, apply_plan, make_plan
-from capl.pruning.select import select_scores
 
 
 def export_variants(network: str, size: int, cuts: list[float], folder: Path) -> dict[str, str]:
     """ONNX files of the base and of capl's L1Norm layer plan at each MACs cut."""
-    torch.manual_seed(0)
-    base = build_network(network, 1000).eval()
-    example = torch.zeros(1, 3, size, size)
-    criterion = get_criterion("L1Norm")
-    scores = select_scores(criterion, base, calibration(size, 8, 8), list(range(CLASSES)))
+    base, scores = base_and_scores(network, size)
     models = {"base": base}
     for cut in cuts:
-        config = PruningConfig(1 - 1 / cut, target="macs")
-        plan = make_plan(base, criterion, scores, config, example)
-        models[f"{cut:g}x"] = apply_plan(copy.deepcopy(base), plan)
+        models[f"{cut:g}x"], _ = capl_pruned(base, scores, size, 1 - 1 / cut, "layer", None)
     shape = (3, size, size)
     return {
         name: export_onnx(model, folder / f"{name}.onnx", shape, exporter="torchscript")["path"]
