@@ -29,7 +29,7 @@ from torch import nn
 
 from capl.errors import ConfigError
 from capl.io import write_json_atomic
-from capl.pruning.latency_timer import TableTimer, layers_timed
+from capl.pruning.latency_timer import KERNELS, TableTimer, layers_timed
 from capl.pruning.plan_format import fingerprint
 from capl.pruning.structure import IN, OUT, Structure, analyse
 
@@ -127,7 +127,7 @@ class LatencyTable:
             layers_full += self.layer_ms(name, *width)
             kept += out * entry["positions"]
             full += width[1] * entry["positions"]
-        scaled = self.rest_ms < 0 or self.settings.get("layers_timed") == "kernels"
+        scaled = self.rest_ms < 0 or self.settings.get("layers_timed") == KERNELS
         if scaled and layers_full > 0:
             return total * self.base_ms / layers_full
         return total + self.rest_ms * (kept / full if full else 1.0)

@@ -11,25 +11,27 @@ from torch import nn
 
 from capl.benchmark import (
     export_onnx,
-    ort_timer,
+    measure_latency_onnxruntime,
+    measure_latency_torch,
     profiled_runs,
-    torch_timer,
 )
 
 if TYPE_CHECKING:
     from capl.pruning.latency_table import LatencySpec
 
 _LAYOUT_OPS = ("Reorder", "Memcpy")  # ORT's layout and host-device copies, not the layer's work
+KERNELS = "kernels"
+"""``layers_timed`` of a table whose single layers are timed by their own ORT kernels."""
 
 
 def layers_timed(spec: LatencySpec) -> str:
-    """How a table for ``spec`` times a single layer: ``"kernels"`` or ``"wall clock"``.
+    """How a table for ``spec`` times a single layer: :data:`KERNELS` or ``"wall clock"``.
 
     ORT's profiler times CUDA nodes by their launch, not their run, so only ONNX Runtime on the
     CPU is timed by its kernels.
     """
     kernels = spec.backend == "onnxruntime" and torch.device(spec.device).type == "cpu"
-    return "kernels" if kernels else "wall clock"
+    return KERNELS if kernels else "wall clock"
 
 
 class TableTimer:
@@ -48,7 +50,7 @@ class TableTimer:
             workdir: Folder for the ONNX files of the timed layers.
         """
         self.spec, self.threads, self.workdir = spec, threads, workdir
-        self.kernels = layers_timed(spec) == "kernels"
+        self.kernels = layers_timed(spec) == KERNELS
         self.count = 0
 
     def layer(self, module: nn.Module, shape: tuple[int, ...], inp: int, out: int) -> float:
@@ -84,19 +86,19 @@ class TableTimer:
         kernels: bool = False,
     ) -> float:
         spec = self.spec
+        protocol = {"warmup": spec.warmup, "repeats": spec.repeats, "min_time_s": 0.0}
         if spec.backend == "torch":
-            timer = torch_timer(net, shape, spec.batch_size, spec.device, threads=self.threads)
-        else:
-            self.count += 1
-            path = self.workdir / f"layer{self.count}.onnx"
-            export_onnx(net, path, shape, exporter=exporter)  # type: ignore[arg-type]
-            if kernels:
-                return self._kernels_ms(path, shape)
-            timer = ort_timer(path, shape, spec.batch_size, self.threads, spec.device)
-        with timer as (step, _):
-            for _ in range(spec.warmup):
-                step()
-            return statistics.median_high(step() for _ in range(spec.repeats))
+            return measure_latency_torch(
+                net, shape, spec.batch_size, spec.device, threads=self.threads, **protocol
+            )["median_ms"]
+        self.count += 1
+        path = self.workdir / f"layer{self.count}.onnx"
+        export_onnx(net, path, shape, exporter=exporter)  # type: ignore[arg-type]
+        if kernels:
+            return self._kernels_ms(path, shape)
+        return measure_latency_onnxruntime(
+            path, shape, spec.batch_size, self.threads, spec.device, **protocol
+        )["median_ms"]
 
     def _kernels_ms(self, path: Path, shape: tuple[int, ...]) -> float:
         # ORT wraps a lone conv in layout reorders (NCHW <-> its blocked NCHWc) that cost as
@@ -108,6 +110,6 @@ class TableTimer:
         runs = profiled_runs(
             path, shape, spec.batch_size, self.threads, spec.device, spec.warmup, spec.repeats
         )
-        return statistics.median_high(
+        return statistics.median(
             sum(ms for (op, _), ms in run.items() if not op.startswith(_LAYOUT_OPS)) for run in runs
         )
