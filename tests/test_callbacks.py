@@ -120,6 +120,8 @@ def test_prune_only_benchmark_matches_independent_counts(digits_base: Path, tmp_
     assert result["timings_s"]["selection"] > 0
     latency = result["after"]["latency_ms"]["torch"]["bs4"]
     assert 0 < latency["median_ms"] <= latency["p90_ms"]
+    # the callback's default reaches the timing: one alternating round per timed run
+    assert latency["rounds"] == latency["repeats"] == 3
     assert result["environment"]["threads"] == torch.get_num_threads()
 
 
