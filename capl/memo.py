@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from capl.benchmark.base_cache import hash_tensor, weights_hash
 from capl.benchmark.group import architecture_key
-from capl.criteria.base import model_device
 from capl.evaluation import evaluate_subset
+from capl.models import model_device
 from capl.pruning.recalibrate import batchnorm_layers, recalibrate_batchnorm
 
 __all__ = ["MEMO", "Memo", "evaluate_once", "recalibrate_once"]

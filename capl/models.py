@@ -305,3 +305,12 @@ def cut_head(net: nn.Module, rows: list[int]) -> None:
         module = net.get_submodule(head)
         if head_outputs(module) == outputs:
             net.set_submodule(head, _with_rows(module, len(rows), rows))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a stateless module)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")

@@ -34,8 +34,8 @@ from capl.benchmark import environment_info
 from capl.criteria import LRP, OCAP, APoZ, L1Norm, Taylor
 from capl.criteria import lrp as lrp_module
 from capl.criteria._activations import ActivationSites, conv_layers, iter_batches, new_stat
-from capl.criteria.base import model_device, run_in_eval
-from capl.models import build_network
+from capl.criteria.base import run_in_eval
+from capl.models import build_network, model_device
 from capl.pruning import PruningConfig, make_plan, prunable_layers
 from capl.pruning import plan as plan_module
 from capl.pruning.select import select_scores

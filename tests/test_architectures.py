@@ -38,6 +38,7 @@ from capl.models import (
     cut_head,
     find_classifier,
     head_outputs,
+    model_device,
 )
 from capl.pruning import PruningConfig, PruningPlan, apply_plan, make_plan, prunable_layers
 from capl.pruning.structure import LayerCost, analyse
@@ -411,3 +412,12 @@ def test_small_input_stem_runs_at_32_pixels(name: str) -> None:
     out = small.train()(x)
     outputs = list(out) if isinstance(out, tuple) else [out]
     assert all(o.shape == (2, CLASSES) for o in outputs)
+
+
+def test_model_device_reads_parameters_then_buffers() -> None:
+    """One helper for every caller: a module's device from its parameters, else its buffers."""
+    on_meta = nn.BatchNorm2d(4, affine=False, device="meta")  # buffers only
+    assert not list(on_meta.parameters())
+    assert model_device(on_meta) == torch.device("meta")
+    assert model_device(nn.Sequential(nn.Conv2d(3, 4, 1, device="meta"))) == torch.device("meta")
+    assert model_device(nn.ReLU()) == torch.device("cpu")

@@ -105,12 +105,3 @@ def deployable_copy(model: nn.Module, device: torch.device | str | None = None) 
     if device is not None:
         clone.to(device)
     return clone
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a stateless module)."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from capl.benchmark._masks import deployable_copy, has_masks, model_device
+from capl.benchmark._masks import deployable_copy, has_masks
+from capl.models import model_device
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from capl.criteria._activations import ActivationSites, conv_layers, iter_batches, new_stat
-from capl.criteria.base import Batch, Criterion, model_device, run_in_eval
+from capl.criteria.base import Batch, Criterion, run_in_eval
+from capl.models import model_device
 
 
 class APoZ(Criterion):

@@ -11,7 +11,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Literal
 
-import torch
 from torch import Tensor, nn
 
 Granularity = Literal["filter", "kernel", "weight"]
@@ -121,8 +120,3 @@ class _EvalMode:
     def __exit__(self, *exc: object) -> None:
         for module, training in self.modes:
             module.training = training
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter (CPU for a parameterless model)."""
-    return next((p.device for p in model.parameters()), torch.device("cpu"))

@@ -26,7 +26,8 @@ from capl.criteria._activations import (
     new_stat,
     rows_tensor,
 )
-from capl.criteria.base import Batch, Criterion, model_device, run_in_eval
+from capl.criteria.base import Batch, Criterion, run_in_eval
+from capl.models import model_device
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -15,7 +15,8 @@ from capl.criteria._activations import (
     new_stat,
     rows_tensor,
 )
-from capl.criteria.base import Batch, Criterion, model_device, run_in_eval
+from capl.criteria.base import Batch, Criterion, run_in_eval
+from capl.models import model_device
 
 
 class Taylor(Criterion):

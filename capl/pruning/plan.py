@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from capl.criteria.base import Criterion, model_device
+from capl.criteria.base import Criterion
 from capl.errors import ConfigError
-from capl.models import head_outputs
+from capl.models import head_outputs, model_device
 from capl.pruning._threads import single_threaded
 from capl.pruning.budget import Problem, choose_ratio
 from capl.pruning.budget_filters import FilterProblem

@@ -11,9 +11,8 @@ from torch.nn.utils import prune
 from torch_pruning import _helpers as tp_helpers
 
 from capl.benchmark import masked_tensors
-from capl.criteria.base import model_device
 from capl.errors import ConfigError
-from capl.models import cut_head
+from capl.models import cut_head, model_device
 from capl.pruning._threads import single_threaded
 from capl.pruning.plan_format import PruningPlan, fingerprint, plan_mask
 from capl.pruning.tracing import blocked_reason, out_channel_fn, static_index_maps, trace
