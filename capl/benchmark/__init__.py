@@ -28,6 +28,7 @@ _SOURCES = {
     ),
     "environment": ("environment_info",),
     "latency": (
+        "interleaved_rounds",
         "make_input",
         "measure_interleaved",
         "measure_latency_onnxruntime",
@@ -68,6 +69,7 @@ __all__ = [
     "export_onnx",
     "format_table",
     "has_masks",
+    "interleaved_rounds",
     "layer_report",
     "make_input",
     "masked_tensors",

@@ -39,6 +39,7 @@ __all__ = [
     "BUSY_P90_OVER_MEDIAN",
     "BUSY_ROUND_SPREAD",
     "Timer",
+    "interleaved_rounds",
     "make_input",
     "measure_interleaved",
     "measure_latency_onnxruntime",
@@ -161,6 +162,19 @@ def measure_latency_torch(
     return _summary(times) | info
 
 
+def interleaved_rounds(rounds: int | None, repeats: int) -> int:
+    """The number of alternating rounds :func:`measure_interleaved` runs.
+
+    Args:
+        rounds: As asked; ``None``: one round per timed run (``repeats``).
+        repeats: Minimum timed runs per model.
+    """
+    resolved = repeats if rounds is None else rounds
+    if resolved < 1:
+        raise ValueError(f"rounds must be >= 1, got {resolved}")
+    return resolved
+
+
 def measure_interleaved(
     timers: list[contextlib.AbstractContextManager[tuple[Callable[[], float], dict[str, Any]]]],
     warmup: int = 10,
@@ -193,9 +207,7 @@ def measure_interleaved(
         six), plus ``rounds`` and ``interleaved_models`` (how many models shared the rounds).
     """
     _check_protocol(warmup, repeats, min_time_s)
-    rounds = repeats if rounds is None else rounds
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    rounds = interleaved_rounds(rounds, repeats)
     with contextlib.ExitStack() as stack:
         entered = [stack.enter_context(timer) for timer in timers]
         for step, _ in entered:

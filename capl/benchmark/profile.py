@@ -32,6 +32,7 @@ from capl.benchmark.counting import (
 )
 from capl.benchmark.environment import environment_info
 from capl.benchmark.latency import (
+    interleaved_rounds,
     measure_interleaved,
     measure_latency_onnxruntime,
     measure_latency_torch,
@@ -319,6 +320,7 @@ def paired_latency(
         Per model ``{backend: {"bs<N>": summary}}`` (the ``latency_ms`` block).
     """
     threads = _ort_threads(ort_threads, torch_threads)
+    rounds = interleaved_rounds(rounds, repeats)
     out: list[dict[str, dict[str, Any]]] = [{} for _ in models]
     runnable = [b for b in backends if b == "torch" or all(p is not None for p in onnx_paths)]
     total, step, start = len(runnable) * len(batch_sizes), 0, time.perf_counter()
@@ -327,8 +329,7 @@ def paired_latency(
             step += 1
             logger.info(
                 "latency %d/%d: %s bs%d, %d models in %d alternating rounds (elapsed %.0fs)",
-                step, total, backend, batch, len(models), rounds or repeats,
-                time.perf_counter() - start,
+                step, total, backend, batch, len(models), rounds, time.perf_counter() - start,
             )  # fmt: skip
             if backend == "torch":
                 timers = [
