@@ -208,6 +208,13 @@ def ort_session(
     return ort.InferenceSession(os.fspath(onnx_path), options, providers=providers)
 
 
+def _seeded_feed(
+    session: Any, input_shape: tuple[int, ...], batch_size: int, seed: int = 0
+) -> dict[str, Any]:
+    """An ONNX Runtime session's input feed: the seeded batch every backend is timed on."""
+    return {session.get_inputs()[0].name: make_input(input_shape, batch_size, seed).numpy()}
+
+
 def ort_kernel_times(
     trace: str | os.PathLike, warmup: int = 0
 ) -> list[dict[tuple[str, str], float]]:
@@ -258,7 +265,7 @@ def profiled_runs(
         :func:`ort_kernel_times` of the ``runs`` after the warm-up.
     """
     session = ort_session(onnx_path, threads, device, profile=Path(onnx_path).with_suffix(""))
-    feed = {session.get_inputs()[0].name: make_input(input_shape, batch_size).numpy()}
+    feed = _seeded_feed(session, input_shape, batch_size)
     for _ in range(warmup + runs):
         session.run(None, feed)
     trace = Path(session.end_profiling())
@@ -285,7 +292,7 @@ def ort_timer(
     ``spinning`` as in :func:`ort_session`.
     """
     session = ort_session(onnx_path, threads, device, spinning)
-    feed = {session.get_inputs()[0].name: make_input(input_shape, batch_size, seed).numpy()}
+    feed = _seeded_feed(session, input_shape, batch_size, seed)
 
     def step() -> float:
         t0 = time.perf_counter()
