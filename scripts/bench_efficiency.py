@@ -303,7 +303,8 @@ def markdown(rows: list[dict[str, Any]], cells: list[str]) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=["resnet18", "mobilenet_v3_large"])
     parser.add_argument("--size", type=int, default=224)
@@ -340,7 +341,11 @@ def main() -> None:
     parser.add_argument("--table-repeats", type=int, default=5, help="runs per table entry")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     start, load = time.perf_counter(), os.getloadavg()

@@ -301,6 +301,30 @@ def cli_parse(point_config: Path, rounds: int) -> dict[str, Any]:
     return {"seconds": seconds, "medians": medians}
 
 
+def in_process_rounds(
+    modes: list[str], rounds: int, work: Path, base: str
+) -> tuple[dict[str, dict[int, list[float]]], dict[str, list[float]]]:
+    """Time the 1- and 11-ratio grids of each mode, the modes' order reversed every round.
+
+    Returns:
+        Each mode's sweep seconds by grid size, and each round's median point run of its
+        11-ratio grid.
+    """
+    seconds: dict[str, dict[int, list[float]]] = {m: {1: [], 11: []} for m in modes}
+    point_medians: dict[str, list[float]] = {m: [] for m in modes}
+    for r in range(rounds):
+        order = modes if r % 2 == 0 else list(reversed(modes))
+        for mode in order:
+            for ratios in (ONE, ELEVEN):
+                folder = work / f"r{r}-{mode}-{len(ratios)}"
+                spent, points = timed(demo_sweep(ratios, mode, base, 0), folder, MODES[mode])
+                seconds[mode][len(ratios)].append(spent)
+                print(f"round {r}: {mode:9s} {len(ratios):2d} ratios {spent:7.1f} s", flush=True)
+                if ratios is ELEVEN:
+                    point_medians[mode].append(statistics.median(points))
+    return seconds, point_medians
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
@@ -339,18 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_warmup:  # imports, first exports and allocator growth are not the grid's
         timed(demo_sweep(ONE, "shared", base, 0), work / "warmup")
     modes = [m for m in MODES if m in args.modes]
-    seconds: dict[str, dict[int, list[float]]] = {m: {1: [], 11: []} for m in modes}
-    point_medians: dict[str, list[float]] = {m: [] for m in modes}
-    for r in range(args.rounds):
-        order = modes if r % 2 == 0 else list(reversed(modes))
-        for mode in order:
-            for ratios in (ONE, ELEVEN):
-                folder = work / f"r{r}-{mode}-{len(ratios)}"
-                spent, points = timed(demo_sweep(ratios, mode, base, 0), folder, MODES[mode])
-                seconds[mode][len(ratios)].append(spent)
-                print(f"round {r}: {mode:9s} {len(ratios):2d} ratios {spent:7.1f} s", flush=True)
-                if ratios is ELEVEN:
-                    point_medians[mode].append(statistics.median(points))
+    seconds, point_medians = in_process_rounds(modes, args.rounds, work, base)
     summary = summarise(seconds, base_s)
     for mode, medians in point_medians.items():
         summary[mode]["point_s_11"] = medians
