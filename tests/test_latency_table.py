@@ -190,3 +190,26 @@ def test_onnxruntime_table_times_each_layer_by_its_own_kernels(tmp_path: Path, m
     assert seen["shape"] == (16, 32, 32) and seen["batch"] == spec.batch_size
     # the whole network is timed by the clock: what the layers miss is in it
     assert timer.network(model, (3, 32, 32)) > 0 and seen["calls"] == 1
+
+
+def test_table_entries_are_medians_of_the_specs_runs(tmp_path: Path, monkeypatch) -> None:
+    """Both timing paths take the median (not the upper median) of ``repeats`` runs."""
+    conv = nn.Conv2d(16, 16, 1)
+    kernel_spec = LatencySpec(backend="onnxruntime", batch_size=2, threads=1, warmup=2, repeats=4)
+    four_runs = [{("Conv", "c"): ms} for ms in (1.0, 2.0, 3.0, 10.0)]
+    monkeypatch.setattr("capl.pruning.latency_timer.profiled_runs", lambda *a, **k: four_runs)
+    # median 2.5; the upper median would give 3.0
+    assert TableTimer(kernel_spec, 1, tmp_path).layer(conv, (16, 8, 8), 16, 8) == 2.5
+    seen: dict[str, Any] = {}
+
+    def fake_clock(net, shape, batch_size, device, threads, **protocol):
+        seen.update(protocol, batch=batch_size, threads=threads, shape=shape)
+        return {"median_ms": 4.0, "min_ms": 1.0, "p90_ms": 9.0}
+
+    monkeypatch.setattr("capl.pruning.latency_timer.measure_latency_torch", fake_clock)
+    clock_spec = LatencySpec(backend="torch", batch_size=2, threads=1, warmup=2, repeats=4)
+    # the clock path: the timing protocol's median, warm-up and repeats from the spec, no min time
+    assert TableTimer(clock_spec, 1, tmp_path).layer(conv, (16, 8, 8), 16, 8) == 4.0
+    assert seen == {
+        "warmup": 2, "repeats": 4, "min_time_s": 0.0, "batch": 2, "threads": 1, "shape": (16, 8, 8)
+    }  # fmt: skip
